@@ -1,9 +1,14 @@
-"""privsplit command line (Typer). One module per command."""
+"""privsplit command line (Typer). One module per command; only this package knows the CLI."""
 from __future__ import annotations
 
 import typer
 
-app = typer.Typer(help="privsplit: privacy-preserving split inference.", no_args_is_help=True)
+from privsplit.cli import demo, evaluate, train
+
+app = typer.Typer(help="privsplit: privacy-preserving split inference (Osia et al. 2017).",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+for _mod in (train, evaluate, demo):
+    _mod.register(app)
 
 
 def main() -> None:

@@ -1,1 +1,10 @@
-"""privsplit.metrics."""
+"""Metrics: pure tensor functions and accumulators (no datasets, no models)."""
+from __future__ import annotations
+
+from privsplit.metrics.classification import (
+    ClassificationMetrics, ClassificationReport, accuracy, balanced_accuracy, classification_report,
+    confusion_matrix, per_class_recall,
+)
+
+__all__ = ["ClassificationMetrics", "ClassificationReport", "accuracy", "balanced_accuracy",
+           "classification_report", "confusion_matrix", "per_class_recall"]

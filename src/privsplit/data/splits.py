@@ -1,0 +1,76 @@
+"""Identity-disjoint splits.
+
+Identity attacks are evaluated on people the primary model never saw, so the split is made on
+identities, never on images:
+
+* ``attack``: identities with at least ``attack_min_images`` images (LFW: >= 20, the 62 people the
+  paper's role of "100 held-out celebrities" maps onto). Never used for primary training.
+* ``test``: ``test_fraction`` of the remaining identities, for primary-task evaluation.
+* ``train``: the rest.
+
+Splits are seeded and saved with every run (JSON of identity names) so results can be reproduced.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Splits", "identity_disjoint_split"]
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Row indices of each split plus the identities in it."""
+
+    train: np.ndarray
+    test: np.ndarray
+    attack: np.ndarray
+    identities: dict[str, list[str]]
+    seed: int
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"seed": self.seed, "identities": self.identities}, indent=1))
+
+    @classmethod
+    def from_json(cls, path: str | Path, identities: Sequence[str]) -> Splits:
+        """Rebuild the index arrays for ``identities`` (the identity column of the same manifest)."""
+        blob = json.loads(Path(path).read_text())
+        which = {name: part for part, names in blob["identities"].items() for name in names}
+        ids = np.asarray(identities)
+        parts = {p: np.flatnonzero([which.get(i) == p for i in ids]) for p in ("train", "test", "attack")}
+        return cls(parts["train"], parts["test"], parts["attack"], blob["identities"], int(blob["seed"]))
+
+
+def identity_disjoint_split(
+    identities: Sequence[str],
+    *,
+    attack_min_images: int | None = 20,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+) -> Splits:
+    """Split rows so train, test and attack share no identity (see module docstring).
+
+    ``attack_min_images=None`` makes no attack split.
+    """
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction={test_fraction} must be in (0, 1)")
+    counts = Counter(identities)
+    attack_ids = sorted(i for i, c in counts.items() if attack_min_images is not None and c >= attack_min_images)
+    rest = sorted(set(counts) - set(attack_ids))
+    rng = np.random.default_rng(seed)
+    rng.shuffle(rest)
+    n_test = max(1, round(len(rest) * test_fraction))
+    test_ids, train_ids = sorted(rest[:n_test]), sorted(rest[n_test:])
+    if not train_ids:
+        raise ValueError(f"only {len(rest)} non-attack identities: nothing left to train on; "
+                         "lower attack_min_images or use more data")
+    ids = np.asarray(identities)
+    parts = {name: np.flatnonzero(np.isin(ids, group)) for name, group in
+             (("train", train_ids), ("test", test_ids), ("attack", attack_ids))}
+    return Splits(parts["train"], parts["test"], parts["attack"],
+                  {"train": train_ids, "test": test_ids, "attack": attack_ids}, seed)

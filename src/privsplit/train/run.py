@@ -1,0 +1,110 @@
+"""A complete primary-task run: data -> identity-disjoint splits -> train -> evaluate -> artifact.
+
+Used by ``privsplit train``, ``privsplit demo`` and later by reproduction reports.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from privsplit.data.faces import FaceData, load_faces
+from privsplit.data.loaders import load_manifest
+from privsplit.data.splits import Splits, identity_disjoint_split
+from privsplit.data.transforms import Preprocess
+from privsplit.models.vgg import VGGConfig, build_model
+from privsplit.train.artifacts import save_model
+from privsplit.train.loops import TrainConfig, evaluate, train_classifier
+
+__all__ = ["RunSpec", "RunResult", "DATASET_DEFAULTS", "prepare_data", "run_training"]
+
+#: per-dataset defaults: primary column, sensitive column, architecture, input size, attack split rule
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lfw": {"primary": "gender", "arch": "vgg16", "size": 64, "attack_min_images": 20},
+    "ckplus": {"primary": "expression", "arch": "vgg_s", "size": 48, "attack_min_images": 12},
+    "synthetic": {"primary": "gender", "arch": "vgg16", "size": 64, "attack_min_images": 20},
+    "celeba": {"primary": "gender", "arch": "vgg16", "size": 64, "attack_min_images": 30},
+}
+
+
+@dataclass
+class RunSpec:
+    dataset: str = "synthetic"
+    data_root: str | None = None
+    primary: str | None = None
+    sensitive: str = "identity"
+    arch: str | None = None
+    width: float = 0.25
+    size: int | None = None
+    attack_min_images: int | None = None
+    test_fraction: float = 0.15
+    skip_bad: bool = False
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def resolved(self) -> RunSpec:
+        """Fill unset fields from :data:`DATASET_DEFAULTS`."""
+        d = DATASET_DEFAULTS.get(self.dataset, DATASET_DEFAULTS["lfw"])
+        return RunSpec(**{**asdict(self), "train": self.train,
+                          "primary": self.primary or d["primary"], "arch": self.arch or d["arch"],
+                          "size": self.size or d["size"],
+                          "attack_min_images": self.attack_min_images or d["attack_min_images"]})
+
+
+@dataclass
+class PreparedData:
+    data: FaceData
+    splits: Splits
+    train: FaceData
+    test: FaceData
+    attack: FaceData
+
+
+@dataclass
+class RunResult:
+    folder: Path
+    metrics: dict[str, Any]
+    seconds: float
+
+
+def prepare_data(spec: RunSpec, *, progress: bool = True) -> PreparedData:
+    spec = spec.resolved()
+    manifest = load_manifest(spec.dataset, spec.data_root)
+    pre = Preprocess(size=spec.size, crop=manifest.crop)
+    data = load_faces(manifest, pre, columns=[spec.primary, spec.sensitive], required=[spec.primary],
+                      skip_bad=spec.skip_bad, progress=progress)
+    splits = identity_disjoint_split(data.manifest.column(spec.sensitive), attack_min_images=spec.attack_min_images,
+                                     test_fraction=spec.test_fraction, seed=spec.train.seed)
+    return PreparedData(data, splits, data.subset(splits.train), data.subset(splits.test), data.subset(splits.attack))
+
+
+def run_training(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: bool = True,
+                 prepared: PreparedData | None = None) -> RunResult:
+    """Train the primary model of ``spec`` into ``out`` (artifact + splits + checkpoint)."""
+    spec = spec.resolved()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    p = prepared or prepare_data(spec, progress=progress)
+    cfg = VGGConfig(arch=spec.arch, num_classes=len(p.data.classes[spec.primary]), width=spec.width,
+                    input_size=spec.size)
+    model = build_model(cfg)
+    t0 = time.perf_counter()
+    result = train_classifier(model, p.train, column=spec.primary, config=spec.train, eval_data=p.test,
+                              checkpoint=out / "checkpoint" / "last", resume=resume, progress=progress)
+    metrics = {"test": result.report.to_dict(), "train_seconds": result.seconds,
+               "wall_seconds": time.perf_counter() - t0, "history": result.history}
+    if len(p.attack):
+        metrics["attack_identities"] = evaluate(model, p.attack, column=spec.primary).to_dict()
+    p.splits.to_json(out / "splits.json")
+    m = p.data.manifest
+    save_model(out, model, config=cfg, preprocess=p.data.preprocess, primary=spec.primary,
+               classes=p.data.classes[spec.primary],
+               extra={"sensitive": spec.sensitive,
+                      "dataset": {"name": m.name, "label": m.label, "synthetic": m.synthetic, "n": len(p.data),
+                                  "fingerprint": m.fingerprint(), "skipped": len(p.data.skipped),
+                                  "sizes": {"train": len(p.train), "test": len(p.test), "attack": len(p.attack)}},
+                      "run": {**asdict(spec), "train": spec.train.to_dict()}, "metrics": metrics,
+                      "splits": "splits.json"})
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return RunResult(out, metrics, result.seconds)
