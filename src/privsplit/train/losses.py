@@ -310,8 +310,11 @@ class SiameseObjective(nn.Module):
         max_pairs: int | None = None,
         normalize: NormalizeMode = "l2",
         seed: int | None = None,
+        class_weight: Tensor | None = None,
     ) -> None:
         super().__init__()
+        # per-class cross-entropy weights (e.g. balanced for LFW's 78% male images)
+        self.register_buffer("class_weight", None if class_weight is None else class_weight.float())
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= float(weight) < float("inf"):
             raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
         if normalize not in ("l2", "sqrt_dim", "none"):
@@ -347,7 +350,7 @@ class SiameseObjective(nn.Module):
                 f"got {tuple(logits.shape)}"
             )
         ce = F.cross_entropy(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits,
-                             labels)
+                             labels, weight=self.class_weight)
         terms = contrastive_loss_terms(
             self._normalized(features), labels, margin=self.margin, pairs=self.pairs,
             max_pairs=self.max_pairs, generator=self._generator,
