@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,3 +41,26 @@ def lfw_dir():
 @pytest.fixture(scope="session")
 def ckplus_dir():
     return _dataset_dir("ckplus48")
+
+
+def make_faces(n: int = 48, size: int = 32, n_ids: int = 8, seed: int = 0):
+    """Tiny in-memory FaceData: gender shifts the red channel, identity adds a fixed pattern."""
+    from privsplit.data import FaceData, Manifest, Preprocess
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.arange(n) % n_ids
+    gender = ids % 2
+    pattern = torch.rand(n_ids, 3, size, size, generator=g) * 80
+    imgs = 60 + pattern[ids] + torch.rand(n, 3, size, size, generator=g) * 40
+    imgs[:, 0] += gender.view(n, 1, 1).float() * 70
+    manifest = Manifest(root=Path("."), paths=tuple(f"{i}.png" for i in range(n)),
+                        columns={"gender": tuple("FM"[int(v)] for v in gender),
+                                 "identity": tuple(f"id{int(v)}" for v in ids)}, name="tiny")
+    return FaceData(images=imgs.clamp(0, 255).to(torch.uint8), labels={"gender": gender, "identity": ids},
+                    classes={"gender": ["F", "M"], "identity": [f"id{i}" for i in range(n_ids)]},
+                    manifest=manifest, preprocess=Preprocess(size=size))
+
+
+@pytest.fixture
+def tiny_faces():
+    return make_faces()

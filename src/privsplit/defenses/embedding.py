@@ -1,0 +1,84 @@
+"""The composed pipeline of an embedding: extractor -> reduce -> noise | reconstruct -> analyzer.
+
+An :class:`Embedding` behaves like the model it came from (``embedding(x)`` gives logits), while
+exposing the two halves that run on the device (:meth:`client_features`) and in the cloud
+(:meth:`analyze`). Building one (Siamese fine-tuning, fitting PCA) lives in
+:mod:`privsplit.defenses.build`; this module has no training code so the runtime can import it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from privsplit.defenses.noise import NoNoise
+from privsplit.defenses.reduction import Reduction
+
+__all__ = ["EmbeddingKind", "EMBEDDINGS", "Embedding", "embedding_kind"]
+
+
+@dataclass(frozen=True)
+class EmbeddingKind:
+    """The paper's ingredients of a named embedding (Section III)."""
+
+    name: str
+    siamese: bool
+    reduced: bool
+    noisy: bool
+
+
+#: The paper's named embeddings; ``advanced`` is the noisy reduced Siamese embedding.
+EMBEDDINGS: dict[str, EmbeddingKind] = {k.name: k for k in (
+    EmbeddingKind("simple", siamese=False, reduced=False, noisy=False),
+    EmbeddingKind("reduced-simple", siamese=False, reduced=True, noisy=False),
+    EmbeddingKind("siamese", siamese=True, reduced=False, noisy=False),
+    EmbeddingKind("reduced-siamese", siamese=True, reduced=True, noisy=False),
+    EmbeddingKind("noisy-reduced-simple", siamese=False, reduced=True, noisy=True),
+    EmbeddingKind("advanced", siamese=True, reduced=True, noisy=True),
+)}
+
+
+def embedding_kind(name: str) -> EmbeddingKind:
+    if name not in EMBEDDINGS:
+        raise ValueError(f"unknown embedding '{name}'; choose one of {', '.join(EMBEDDINGS)}")
+    return EMBEDDINGS[name]
+
+
+class Embedding(nn.Module):
+    """Extractor, optional reduction and noise (device), reconstruction and analyzer (cloud).
+
+    ``reduce``/``reconstruct`` are ``nn.Identity`` for unreduced embeddings and ``noise`` is
+    :class:`~privsplit.defenses.noise.NoNoise` for noiseless ones, so every embedding has one shape.
+    """
+
+    def __init__(self, *, kind: str, layer: str, extractor: nn.Module, analyzer: nn.Module,
+                 reduction: Reduction | None = None, noise: nn.Module | None = None) -> None:
+        super().__init__()
+        self.kind, self.layer = embedding_kind(kind).name, layer
+        self.extractor, self.analyzer = extractor, analyzer
+        self.reduce: nn.Module = reduction.reduce if reduction is not None else nn.Identity()
+        self.reconstruct: nn.Module = reduction.reconstruct if reduction is not None else nn.Identity()
+        self.reduction_config = dict(reduction.config) if reduction is not None else None
+        self.noise = noise if noise is not None else NoNoise()
+
+    def client_features(self, x: Tensor, *, noisy: bool = True) -> Tensor:
+        """What leaves the device: extractor -> reduction -> (noise)."""
+        z = self.reduce(self.extractor(x))
+        return self.noise(z) if noisy else z
+
+    def analyze(self, z: Tensor) -> Tensor:
+        """What the cloud does with received features: reconstruction -> remaining layers."""
+        return self.analyzer(self.reconstruct(z))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.analyze(self.client_features(x))
+
+    @torch.no_grad()
+    def transmitted_shape(self, input_size: int) -> tuple[int, ...]:
+        """Per-image shape of the transmitted features for ``input_size`` x ``input_size`` images."""
+        was = self.training
+        self.eval()
+        shape = tuple(self.client_features(torch.zeros(1, 3, input_size, input_size), noisy=False).shape[1:])
+        self.train(was)
+        return shape
