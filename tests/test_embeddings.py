@@ -70,7 +70,7 @@ def test_noise_only_on_noisy_embeddings(model, tiny_faces):
     x = tiny_faces.inputs()
     with torch.no_grad():
         a, b = emb.client_features(x), emb.client_features(x)
-    assert not torch.equal(a, b)  # fresh noise per call
+        assert not torch.equal(a, b)  # fresh noise per call
         clean = emb.client_features(x, noisy=False)
         assert torch.equal(clean, emb.client_features(x, noisy=False))
     ratio = ((a - clean).std(0) / emb.noise.std).mean()  # noise in units of each feature's std
