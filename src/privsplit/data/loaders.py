@@ -94,9 +94,13 @@ def celeba(root: str | Path) -> Manifest:
 
 
 def synthetic(root: str | Path | None = None, **options: int) -> Manifest:
-    """Procedural faces generated (once, then cached) under ``root`` or the cache folder."""
+    """Procedural faces generated (once, then cached) under ``root`` or the cache folder.
+
+    Default: 120 identities x 20 images at 64 px (20 identities become the attack split).
+    """
     from privsplit.data.synthetic import generate_synthetic_faces
 
+    options = {"n_identities": 120, "images_per_identity": 20, **options}
     return generate_synthetic_faces(Path(root) if root else cache_dir() / "synthetic", **options)
 
 

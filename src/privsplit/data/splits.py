@@ -4,7 +4,8 @@ Identity attacks are evaluated on people the primary model never saw, so the spl
 identities, never on images:
 
 * ``attack``: identities with at least ``attack_min_images`` images (LFW: >= 20, the 62 people the
-  paper's role of "100 held-out celebrities" maps onto). Never used for primary training.
+  paper's role of "100 held-out celebrities" maps onto); with ``attack_count`` only that many of them,
+  chosen at random (CK+ and synthetic faces, where many people qualify). Never used for primary training.
 * ``test``: ``test_fraction`` of the remaining identities, for primary-task evaluation.
 * ``train``: the rest.
 
@@ -50,6 +51,7 @@ def identity_disjoint_split(
     identities: Sequence[str],
     *,
     attack_min_images: int | None = 20,
+    attack_count: int | None = None,
     test_fraction: float = 0.15,
     seed: int = 0,
 ) -> Splits:
@@ -60,9 +62,14 @@ def identity_disjoint_split(
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction={test_fraction} must be in (0, 1)")
     counts = Counter(identities)
-    attack_ids = sorted(i for i, c in counts.items() if attack_min_images is not None and c >= attack_min_images)
-    rest = sorted(set(counts) - set(attack_ids))
     rng = np.random.default_rng(seed)
+    attack_ids = sorted(i for i, c in counts.items() if attack_min_images is not None and c >= attack_min_images)
+    if attack_count is not None:
+        if attack_count > len(attack_ids):
+            raise ValueError(f"attack_count={attack_count} but only {len(attack_ids)} identities have "
+                             f">= {attack_min_images} images; lower one of them")
+        attack_ids = sorted(rng.choice(attack_ids, size=attack_count, replace=False).tolist())
+    rest = sorted(set(counts) - set(attack_ids))
     rng.shuffle(rest)
     n_test = max(1, round(len(rest) * test_fraction))
     test_ids, train_ids = sorted(rest[:n_test]), sorted(rest[n_test:])

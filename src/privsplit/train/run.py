@@ -22,10 +22,10 @@ __all__ = ["RunSpec", "RunResult", "DATASET_DEFAULTS", "prepare_data", "run_trai
 
 #: per-dataset defaults: primary column, sensitive column, architecture, input size, attack split rule
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "lfw": {"primary": "gender", "arch": "vgg16", "size": 64, "attack_min_images": 20},
-    "ckplus": {"primary": "expression", "arch": "vgg_s", "size": 48, "attack_min_images": 12},
-    "synthetic": {"primary": "gender", "arch": "vgg16", "size": 64, "attack_min_images": 20},
-    "celeba": {"primary": "gender", "arch": "vgg16", "size": 64, "attack_min_images": 30},
+    "lfw": {"primary": "gender", "arch": "vgg16", "size": 64, "attack_min_images": 20, "attack_count": None},
+    "ckplus": {"primary": "expression", "arch": "vgg_s", "size": 48, "attack_min_images": 12, "attack_count": 20},
+    "synthetic": {"primary": "gender", "arch": "vgg16", "size": 64, "attack_min_images": 20, "attack_count": 20},
+    "celeba": {"primary": "gender", "arch": "vgg16", "size": 64, "attack_min_images": 30, "attack_count": 100},
 }
 
 
@@ -39,6 +39,7 @@ class RunSpec:
     width: float = 0.25
     size: int | None = None
     attack_min_images: int | None = None
+    attack_count: int | None = None
     test_fraction: float = 0.15
     skip_bad: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -49,7 +50,8 @@ class RunSpec:
         return RunSpec(**{**asdict(self), "train": self.train,
                           "primary": self.primary or d["primary"], "arch": self.arch or d["arch"],
                           "size": self.size or d["size"],
-                          "attack_min_images": self.attack_min_images or d["attack_min_images"]})
+                          "attack_min_images": self.attack_min_images or d["attack_min_images"],
+                          "attack_count": self.attack_count or d["attack_count"]})
 
 
 @dataclass
@@ -75,7 +77,7 @@ def prepare_data(spec: RunSpec, *, progress: bool = True) -> PreparedData:
     data = load_faces(manifest, pre, columns=[spec.primary, spec.sensitive], required=[spec.primary],
                       skip_bad=spec.skip_bad, progress=progress)
     splits = identity_disjoint_split(data.manifest.column(spec.sensitive), attack_min_images=spec.attack_min_images,
-                                     test_fraction=spec.test_fraction, seed=spec.train.seed)
+                                     attack_count=spec.attack_count, test_fraction=spec.test_fraction, seed=spec.train.seed)
     return PreparedData(data, splits, data.subset(splits.train), data.subset(splits.test), data.subset(splits.attack))
 
 
@@ -108,3 +110,21 @@ def run_training(spec: RunSpec, out: str | Path, *, resume: bool = False, progre
                       "splits": "splits.json"})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return RunResult(out, metrics, result.seconds)
+
+
+def load_run(folder: str | Path, *, data_root: str | None = None, progress: bool = True) -> tuple[Any, PreparedData]:
+    """Reload a run's model artifact and its data with the *saved* identity-disjoint splits."""
+    from privsplit.train.artifacts import load_model
+
+    folder = Path(folder)
+    art = load_model(folder)
+    run = art.manifest["run"]
+    manifest = load_manifest(run["dataset"], data_root or run.get("data_root"))
+    data = load_faces(manifest, art.preprocess, columns=[art.primary, run["sensitive"]], required=[art.primary],
+                      skip_bad=run.get("skip_bad", False), progress=progress)
+    if data.classes[art.primary] != art.classes:
+        raise ValueError(f"label map of '{art.primary}' differs from the model's: {data.classes[art.primary]} "
+                         f"vs {art.classes}")
+    splits = Splits.from_json(folder / art.manifest["splits"], data.manifest.column(run["sensitive"]))
+    return art, PreparedData(data, splits, data.subset(splits.train), data.subset(splits.test),
+                             data.subset(splits.attack))

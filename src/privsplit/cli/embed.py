@@ -1,0 +1,70 @@
+"""``privsplit embed``: build one of the paper's embeddings from a trained run and export its bundles."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import typer
+
+from privsplit.cli.common import console, friendly_errors, report_table
+from privsplit.defenses import EMBEDDINGS, save_bundles
+from privsplit.defenses.build import PAPER_DIMS, SiameseConfig, build_embedding, siamese_finetune
+from privsplit.train.artifacts import load_model, save_model
+from privsplit.train.loops import TrainConfig, evaluate
+from privsplit.train.run import load_run
+
+
+def register(app: typer.Typer) -> None:
+    app.command("embed")(embed)
+
+
+def cached_siamese(run: Path, art, train, *, layer: str, cfg: SiameseConfig, progress: bool = True) -> torch.nn.Module:
+    """Siamese fine-tuned copy of the run's model, cached in ``run/siamese-<layer>-<hash>``."""
+    key = hashlib.sha256(json.dumps({"layer": layer, **asdict(cfg)}, sort_keys=True, default=str).encode()).hexdigest()
+    folder = run / f"siamese-{layer}-{key[:10]}"
+    if (folder / "model.json").exists():
+        return load_model(folder).model
+    tuned = siamese_finetune(art.model, train, column=art.primary, layer=layer, config=cfg, progress=progress)
+    save_model(folder, tuned, config=art.config, preprocess=art.preprocess, primary=art.primary, classes=art.classes,
+               extra={"siamese": {"layer": layer, **asdict(cfg), "train": cfg.train.to_dict()}})
+    return tuned
+
+
+@friendly_errors
+def embed(
+    run: Path = typer.Argument(..., help="Run folder written by `privsplit train`."),
+    kind: str = typer.Option("advanced", help=" | ".join(EMBEDDINGS)),
+    layer: str = typer.Option("conv5_3", help="Split layer (see `privsplit train` output for the list)."),
+    dim: int = typer.Option(None, help="Reduced dimension (default: the paper's 8/6/4 for conv5_1/2/3, 10 for conv5)."),
+    noise: float = typer.Option(0.5, help="Noise sigma for noisy embeddings, in units of each feature's std."),
+    noise_scale: str = typer.Option("std", help="std | isotropic"),
+    reduction: str = typer.Option("pca", help="pca | autoencoder"),
+    siamese_epochs: int = typer.Option(2, min=1),
+    siamese_weight: float = typer.Option(1.0, help="Weight of the contrastive term."),
+    margin: float = typer.Option(1.0, help="Contrastive margin (on L2-normalised features)."),
+    trainable: str = typer.Option("all", help="all | extractor"),
+    out: Path = typer.Option(None, "--out", "-o", help="Bundle folder (default RUN/bundles/KIND-LAYER)."),
+    data_root: str = typer.Option(None),
+) -> None:
+    """Build KIND at LAYER, print the composed client->server accuracy, write client and server bundles."""
+    art, p = load_run(run, data_root=data_root)
+    cfg = SiameseConfig(weight=siamese_weight, margin=margin, trainable=trainable,
+                        train=TrainConfig(epochs=siamese_epochs, lr=5e-4, warmup_fraction=0.0))
+    tuned = cached_siamese(run, art, p.train, layer=layer, cfg=cfg) if EMBEDDINGS.get(kind, EMBEDDINGS["simple"]).siamese \
+        else None
+    emb = build_embedding(kind, art.model, layer=layer, train=p.train, column=art.primary, dim=dim, sigma=noise,
+                          scale=noise_scale, reduction=reduction, tuned=tuned)
+    rows = {"test (held-out identities)": evaluate(emb, p.test, column=art.primary).to_dict()}
+    if len(p.attack):
+        rows["attack identities"] = evaluate(emb, p.attack, column=art.primary).to_dict()
+    out = out or run / "bundles" / f"{kind}-{layer}"
+    info = {"run": str(run), "metrics": rows, "dim": dim or PAPER_DIMS.get(layer, 8) if emb.reduction_config else None}
+    client, server = save_bundles(emb, out, config=art.config, preprocess=art.preprocess, classes=art.classes,
+                                  primary=art.primary, info=info)
+    label = art.manifest["dataset"]["label"]
+    console.print(report_table(f"{kind} embedding at {layer}: {art.primary} on {label} (client -> server)", rows))
+    console.print(f"sends {list(emb.transmitted_shape(art.preprocess.size))} floats per image; "
+                  f"client bundle: {client}; server bundle: {server}")
