@@ -1,1 +1,9 @@
-"""privsplit.attacks."""
+"""Attacks on the transmitted features: identity (transfer learning, 1-NN) and reconstruction."""
+from __future__ import annotations
+
+from privsplit.attacks.base import Attack, AttackResult, Figure, wilson_interval
+from privsplit.attacks.common import primary_label_floor, received_features
+from privsplit.attacks.transfer import NearestNeighborAttack, TransferAttack, TransferConfig
+
+__all__ = ["Attack", "AttackResult", "Figure", "wilson_interval", "primary_label_floor", "received_features",
+           "NearestNeighborAttack", "TransferAttack", "TransferConfig"]

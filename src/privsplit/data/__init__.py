@@ -9,12 +9,12 @@ from privsplit.data.loaders import (
     load_manifest, synthetic,
 )
 from privsplit.data.manifest import Manifest
-from privsplit.data.splits import Splits, identity_disjoint_split
+from privsplit.data.splits import Splits, identity_disjoint_split, per_identity_split
 from privsplit.data.transforms import Preprocess, augment, decode_image, normalize
 
 __all__ = [
     "DataError", "FaceData", "FaceDataset", "load_faces", "DecodedImages", "decode_manifest", "LOADERS",
     "build_lfw_labels", "celeba", "ckplus", "csv_manifest", "default_dataset", "download_lfw", "lfw",
-    "load_manifest", "synthetic", "Manifest", "Splits", "identity_disjoint_split", "Preprocess", "augment",
+    "load_manifest", "synthetic", "Manifest", "Splits", "identity_disjoint_split", "per_identity_split", "Preprocess", "augment",
     "decode_image", "normalize",
 ]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Splits", "identity_disjoint_split"]
+__all__ = ["Splits", "identity_disjoint_split", "per_identity_split"]
 
 
 @dataclass(frozen=True)
@@ -81,3 +81,27 @@ def identity_disjoint_split(
              (("train", train_ids), ("test", test_ids), ("attack", attack_ids))}
     return Splits(parts["train"], parts["test"], parts["attack"],
                   {"train": train_ids, "test": test_ids, "attack": attack_ids}, seed)
+
+
+def per_identity_split(identities: Sequence[str], *, per_identity: int = 20, n_train: int = 15,
+                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Balanced attack data: ``per_identity`` random images of every identity that has that many,
+    ``n_train`` of them to train the attacker and the rest to test it (chance is exactly 1/T).
+
+    Without balancing, guessing LFW's most frequent attack person already scores ~18%.
+    """
+    if not 0 < n_train < per_identity:
+        raise ValueError(f"n_train={n_train} must be between 1 and per_identity-1={per_identity - 1}")
+    rng = np.random.default_rng(seed)
+    ids = np.asarray(identities)
+    train, test = [], []
+    for name in sorted(set(identities)):
+        rows = np.flatnonzero(ids == name)
+        if len(rows) < per_identity:
+            continue
+        pick = rng.permutation(rows)[:per_identity]
+        train.extend(pick[:n_train])
+        test.extend(pick[n_train:])
+    if not train:
+        raise ValueError(f"no identity has {per_identity} images; lower per_identity")
+    return np.sort(np.asarray(train)), np.sort(np.asarray(test))
