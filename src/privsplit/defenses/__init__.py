@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from privsplit.defenses.bundles import (
-    BundleError, ClientBundle, ServerBundle, check_pair, load_client_bundle, load_server_bundle, save_bundles,
+    BundleError, ClientBundle, ServerBundle, check_pair, embedding_from_bundles, load_client_bundle, load_server_bundle, save_bundles,
 )
 from privsplit.defenses.embedding import EMBEDDINGS, Embedding, EmbeddingKind, embedding_kind
 from privsplit.defenses.noise import GaussianNoise, NoNoise, add_noise, noise_from_spec
@@ -16,7 +16,7 @@ from privsplit.defenses.reduction import Reduction, build_reduction, fit_reducti
 
 _LAZY = {"build_embedding", "siamese_finetune", "extract_features", "SiameseConfig", "PAPER_DIMS"}
 
-__all__ = ["BundleError", "ClientBundle", "ServerBundle", "check_pair", "load_client_bundle", "load_server_bundle",
+__all__ = ["BundleError", "ClientBundle", "ServerBundle", "check_pair", "embedding_from_bundles", "load_client_bundle", "load_server_bundle",
            "save_bundles", "EMBEDDINGS", "Embedding", "EmbeddingKind", "embedding_kind", "GaussianNoise", "NoNoise",
            "add_noise", "noise_from_spec", "Reduction", "build_reduction", "fit_reduction", *sorted(_LAZY)]
 

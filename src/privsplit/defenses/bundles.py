@@ -32,7 +32,7 @@ from privsplit.models.split import split
 from privsplit.models.vgg import VGGConfig, build_model
 
 __all__ = ["BundleError", "ClientBundle", "ServerBundle", "save_bundles", "load_client_bundle",
-           "load_server_bundle", "check_pair", "INPUT_NAME", "OUTPUT_NAMES"]
+           "load_server_bundle", "check_pair", "embedding_from_bundles", "INPUT_NAME", "OUTPUT_NAMES"]
 
 INPUT_NAME = "features"
 OUTPUT_NAMES = ("probabilities", "label")
@@ -171,6 +171,14 @@ def load_server_bundle(folder: str | Path) -> ServerBundle:
     return ServerBundle(man["embedding_id"], man["model_name"], man["kind"], man["layer"],
                         nn.Sequential(reconstruct, analyzer).eval(), man["input"]["name"],
                         list(man["input"]["shape"]), list(man["classes"]), man["primary"], man)
+
+
+def embedding_from_bundles(client: ClientBundle, server: ServerBundle) -> Embedding:
+    """The in-process pipeline of a client/server bundle pair (for attacks and checks)."""
+    check_pair(client, server)
+    return Embedding.from_parts(kind=client.kind, layer=client.layer, extractor=client.extractor[0],
+                                reduce=client.extractor[1], noise=client.noise, reconstruct=server.analyzer[0],
+                                analyzer=server.analyzer[1], reduction_config=client.manifest["reduction"]).eval()
 
 
 def check_pair(client: ClientBundle, server: ServerBundle) -> None:

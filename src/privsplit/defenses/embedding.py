@@ -62,6 +62,20 @@ class Embedding(nn.Module):
         self.reduction_config = dict(reduction.config) if reduction is not None else None
         self.noise = noise if noise is not None else NoNoise()
 
+    @classmethod
+    def from_parts(cls, *, kind: str, layer: str, extractor: nn.Module, analyzer: nn.Module, reduce: nn.Module,
+                   reconstruct: nn.Module, noise: nn.Module, reduction_config: dict | None = None) -> Embedding:
+        """Reassemble an embedding from loaded halves (e.g. a client and a server bundle)."""
+        emb = cls(kind=kind, layer=layer, extractor=extractor, analyzer=analyzer, noise=noise)
+        emb.reduce, emb.reconstruct, emb.reduction_config = reduce, reconstruct, reduction_config
+        return emb
+
+    def with_noise(self, noise: nn.Module) -> Embedding:
+        """The same layers (shared, not copied) with another noise module: for noise sweeps."""
+        return Embedding.from_parts(kind=self.kind, layer=self.layer, extractor=self.extractor, analyzer=self.analyzer,
+                                    reduce=self.reduce, reconstruct=self.reconstruct, noise=noise,
+                                    reduction_config=self.reduction_config)
+
     def client_features(self, x: Tensor, *, noisy: bool = True) -> Tensor:
         """What leaves the device: extractor -> reduction -> (noise)."""
         z = self.reduce(self.extractor(x))

@@ -1,1 +1,1 @@
-"""privsplit.report."""
+"""Reports: experiments behind the paper's tables and figures, plots."""

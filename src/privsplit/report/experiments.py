@@ -1,0 +1,86 @@
+"""Experiments behind the paper's figures: identity attacks per embedding/layer and noise trade-offs.
+
+Everything here composes library pieces (embeddings, attacks, metrics) and returns plain rows
+(dicts) that the CLI/benchmarks turn into tables, JSON/CSV and plots.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from privsplit.attacks.common import clean_features
+from privsplit.attacks.transfer import NearestNeighborAttack, TransferAttack, TransferConfig
+from privsplit.data.faces import FaceData
+from privsplit.data.splits import per_identity_split
+from privsplit.defenses.embedding import Embedding
+from privsplit.defenses.noise import GaussianNoise
+from privsplit.metrics.rank import primary_label_ceiling, rank_privacy
+from privsplit.train.loops import evaluate
+
+__all__ = ["AttackData", "attack_data", "identity_attacks", "rank_privacy_of", "noise_tradeoff"]
+
+
+class AttackData:
+    """The attacker's balanced images: ``train`` (to fit attacks) and ``test`` (to evaluate), plus ``all``."""
+
+    def __init__(self, all_images: FaceData, *, per_identity: int = 20, n_train: int = 15, seed: int = 0,
+                 sensitive: str = "identity") -> None:
+        tr, te = per_identity_split(all_images.manifest.column(sensitive), per_identity=per_identity,
+                                    n_train=n_train, seed=seed)
+        self.all, self.train, self.test = all_images, all_images.subset(tr), all_images.subset(te)
+
+
+def attack_data(all_images: FaceData, **kwargs: Any) -> AttackData:
+    return AttackData(all_images, **kwargs)
+
+
+def identity_attacks(embedding: Embedding, data: AttackData, *, primary: str, transfer: TransferConfig | None,
+                     name: str | None = None) -> dict[str, Any]:
+    """Transfer-learning (if ``transfer``) and 1-NN identity attacks on one embedding."""
+    row: dict[str, Any] = {"embedding": name or embedding.kind, "layer": embedding.layer}
+    knn = NearestNeighborAttack(embedding, embedding_name=name).fit(data.train).evaluate(data.test, primary=primary)
+    row["nn_top1"], row["nn_top5"] = knn.figures["top1"].value, knn.figures["top5"].value
+    row.update(knn.references)
+    if transfer is not None:
+        res = TransferAttack(embedding, config=transfer, embedding_name=name).fit(data.train).evaluate(
+            data.test, primary=primary)
+        row["transfer_top1"], row["transfer_top5"] = res.figures["top1"].value, res.figures["top5"].value
+        row["transfer_top1_ci95"] = list(res.figures["top1"].ci95)
+        row["transfer_lr"] = res.details["lr"]
+    return row
+
+
+def rank_privacy_of(embedding: Embedding, data: FaceData, *, sensitive: str = "identity",
+                    seed: int = 0) -> float | None:
+    """Class-level rank privacy (paper IV-C) of a noisy embedding on ``data``; None when noiseless."""
+    noise = embedding.noise
+    if not isinstance(noise, GaussianNoise) or noise.sigma <= 0:
+        return None
+    f = clean_features(embedding, data)[0].flatten(1).double()
+    sigma = noise.sigma * (noise.std.double().flatten() if noise.scale == "std" else torch.ones(f.shape[1]))
+    res = rank_privacy(f, data.labels[sensitive], sigma=sigma, generator=torch.Generator().manual_seed(seed))
+    return res.privacy
+
+
+def noise_tradeoff(embedding: Embedding, sigmas: Sequence[float], *, test: FaceData, attack: AttackData,
+                   primary: str, transfer: TransferConfig | None = None, name: str | None = None,
+                   sensitive: str = "identity") -> list[dict[str, Any]]:
+    """Accuracy vs privacy over noise levels (the paper's Fig. 10): one row per sigma."""
+    if not isinstance(embedding.noise, GaussianNoise) or embedding.noise.std is None:
+        raise ValueError("noise_tradeoff needs a noisy embedding with fitted per-dimension std "
+                         "(kind 'noisy-reduced-simple' or 'advanced')")
+    base = embedding.noise
+    rows = []
+    ceiling = primary_label_ceiling(attack.all.labels[sensitive], attack.all.labels[primary])
+    for sigma in sigmas:
+        emb = embedding.with_noise(GaussianNoise(sigma=sigma, scale=base.scale, std=base.std))
+        rep = evaluate(emb, test, column=primary)
+        row = {"embedding": name or embedding.kind, "layer": embedding.layer, "sigma": sigma,
+               "accuracy": rep.accuracy, "balanced_accuracy": rep.balanced_accuracy,
+               "rank_privacy": rank_privacy_of(emb, attack.all, sensitive=sensitive),
+               "rank_privacy_ceiling": ceiling}
+        row.update(identity_attacks(emb, attack, primary=primary, transfer=transfer, name=name))
+        rows.append(row)
+    return rows

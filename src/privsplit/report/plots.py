@@ -1,0 +1,63 @@
+"""Figures like the paper's (matplotlib, PNG, headless)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["plot_attack_bars", "plot_tradeoff"]
+
+
+def plot_attack_bars(rows: Sequence[dict[str, Any]], path: str | Path, *, metric: str = "transfer_top1",
+                     title: str = "Identity attack accuracy (transfer learning)") -> Path:
+    """Grouped bars: one group per layer, one bar per embedding (the paper's Fig. 9 / 12a)."""
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    kinds = list(dict.fromkeys(r["embedding"] for r in rows))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(kinds)
+    for k, kind in enumerate(kinds):
+        vals = [next((r[metric] for r in rows if r["layer"] == lay and r["embedding"] == kind), 0) * 100
+                for lay in layers]
+        ax.bar([i + k * width for i in range(len(layers))], vals, width, label=kind)
+    chance = rows[0]["chance_top1"] * 100
+    ax.axhline(chance, color="k", ls="--", lw=1, label=f"chance ({chance:.1f}%)")
+    if "primary_floor_top1" in rows[0]:
+        floor = rows[0]["primary_floor_top1"] * 100
+        ax.axhline(floor, color="gray", ls=":", lw=1, label=f"primary-label floor ({floor:.1f}%)")
+    ax.set_xticks([i + width * (len(kinds) - 1) / 2 for i in range(len(layers))], layers)
+    ax.set_ylabel("identity top-1 accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_tradeoff(curves: dict[str, Sequence[dict[str, Any]]], path: str | Path, *, privacy: str = "rank_privacy",
+                  unprotected_accuracy: float | None = None, ceiling: float | None = None,
+                  title: str = "Accuracy-privacy trade-off") -> Path:
+    """Primary accuracy against privacy, one line per embedding, annotated with sigma (Fig. 10/12b)."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for name, rows in curves.items():
+        pts = [(r[privacy], r["accuracy"] * 100, r["sigma"]) for r in rows if r.get(privacy) is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        for x, y, s in pts:
+            ax.annotate(f"σ={s:g}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    if unprotected_accuracy is not None:
+        ax.axhline(unprotected_accuracy * 100, color="k", ls="--", lw=1, label="unprotected model")
+    if ceiling is not None:
+        ax.axvline(ceiling, color="gray", ls=":", lw=1, label="primary-label ceiling")
+    ax.set_xlabel("identity privacy (" + privacy.replace("_", " ") + ")")
+    ax.set_ylabel("primary accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
