@@ -1,36 +1,19 @@
 """``privsplit embed``: build one of the paper's embeddings from a trained run and export its bundles."""
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict
 from pathlib import Path
 
-import torch
 import typer
 
 from privsplit.cli.common import console, friendly_errors, report_table
 from privsplit.defenses import EMBEDDINGS, save_bundles
-from privsplit.defenses.build import PAPER_DIMS, SiameseConfig, build_embedding, siamese_finetune
-from privsplit.train.artifacts import load_model, save_model
+from privsplit.defenses.build import PAPER_DIMS, SiameseConfig, build_embedding, cached_siamese
 from privsplit.train.loops import TrainConfig, evaluate
 from privsplit.train.run import load_run
 
 
 def register(app: typer.Typer) -> None:
     app.command("embed")(embed)
-
-
-def cached_siamese(run: Path, art, train, *, layer: str, cfg: SiameseConfig, progress: bool = True) -> torch.nn.Module:
-    """Siamese fine-tuned copy of the run's model, cached in ``run/siamese-<layer>-<hash>``."""
-    key = hashlib.sha256(json.dumps({"layer": layer, **asdict(cfg)}, sort_keys=True, default=str).encode()).hexdigest()
-    folder = run / f"siamese-{layer}-{key[:10]}"
-    if (folder / "model.json").exists():
-        return load_model(folder).model
-    tuned = siamese_finetune(art.model, train, column=art.primary, layer=layer, config=cfg, progress=progress)
-    save_model(folder, tuned, config=art.config, preprocess=art.preprocess, primary=art.primary, classes=art.classes,
-               extra={"siamese": {"layer": layer, **asdict(cfg), "train": cfg.train.to_dict()}})
-    return tuned
 
 
 @friendly_errors

@@ -14,7 +14,7 @@ from privsplit.defenses.embedding import EMBEDDINGS, Embedding, EmbeddingKind, e
 from privsplit.defenses.noise import GaussianNoise, NoNoise, add_noise, noise_from_spec
 from privsplit.defenses.reduction import Reduction, build_reduction, fit_reduction
 
-_LAZY = {"build_embedding", "siamese_finetune", "extract_features", "SiameseConfig", "PAPER_DIMS"}
+_LAZY = {"build_embedding", "siamese_finetune", "cached_siamese", "extract_features", "SiameseConfig", "PAPER_DIMS"}
 
 __all__ = ["BundleError", "ClientBundle", "ServerBundle", "check_pair", "embedding_from_bundles", "load_client_bundle", "load_server_bundle",
            "save_bundles", "EMBEDDINGS", "Embedding", "EmbeddingKind", "embedding_kind", "GaussianNoise", "NoNoise",

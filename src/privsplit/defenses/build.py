@@ -19,7 +19,10 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -29,10 +32,11 @@ from privsplit.defenses.embedding import Embedding, embedding_kind
 from privsplit.defenses.noise import GaussianNoise
 from privsplit.defenses.reduction import fit_reduction
 from privsplit.models.split import split
+from privsplit.train.artifacts import ModelArtifact, load_model, save_model
 from privsplit.train.loops import LossFn, TrainConfig, class_weights, predict, train_classifier
 from privsplit.train.losses import SiameseObjective
 
-__all__ = ["SiameseConfig", "siamese_loss", "siamese_finetune", "extract_features", "build_embedding"]
+__all__ = ["SiameseConfig", "siamese_loss", "siamese_finetune", "cached_siamese", "extract_features", "build_embedding"]
 
 #: dimensions the paper used per layer (Section VI-A, VI-B)
 PAPER_DIMS = {"conv5_1": 8, "conv5_2": 6, "conv5_3": 4, "conv5": 10}
@@ -72,6 +76,19 @@ def siamese_finetune(model: nn.Sequential, train: FaceData, *, column: str, laye
     train_classifier(tuned, train, column=column, config=config.train, params=params,
                      loss_fn=siamese_loss(extractor, analyzer, objective), progress=progress)
     return tuned.eval()
+
+
+def cached_siamese(run: str | Path, art: ModelArtifact, train: FaceData, *, layer: str, cfg: SiameseConfig = SiameseConfig(),
+                   progress: bool = True) -> nn.Sequential:
+    """Siamese fine-tuned copy of the run's model, cached in ``run/siamese-<layer>-<hash>``."""
+    key = hashlib.sha256(json.dumps({"layer": layer, **asdict(cfg)}, sort_keys=True, default=str).encode()).hexdigest()
+    folder = Path(run) / f"siamese-{layer}-{key[:10]}"
+    if (folder / "model.json").exists():
+        return load_model(folder).model
+    tuned = siamese_finetune(art.model, train, column=art.primary, layer=layer, config=cfg, progress=progress)
+    save_model(folder, tuned, config=art.config, preprocess=art.preprocess, primary=art.primary, classes=art.classes,
+               extra={"siamese": {"layer": layer, **asdict(cfg), "train": cfg.train.to_dict()}})
+    return tuned
 
 
 @torch.no_grad()
