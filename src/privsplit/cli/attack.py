@@ -56,11 +56,12 @@ def attack(
             table.add_row("transfer", f"{row['transfer_top1']:.1%} [{lo:.1%}, {hi:.1%}]", f"{row['transfer_top5']:.1%}",
                           chance, floor)
     elif kind == "rank":
-        value = rank_privacy_of(emb, data.all)
+        value = rank_privacy_of(emb, data.all, sensitive=art.manifest["sensitive"])
         if value is None:
             raise ValueError("rank privacy needs a noisy embedding (noisy-reduced-simple or advanced)")
-        ceiling = primary_label_ceiling(data.all.labels["identity"], data.all.labels[primary])
-        row = {"rank_privacy": value, "primary_label_ceiling": ceiling, "identities": len(data.all.classes)}
+        ident = data.all.labels[art.manifest["sensitive"]]
+        ceiling = primary_label_ceiling(ident, data.all.labels[primary])
+        row = {"rank_privacy": value, "primary_label_ceiling": ceiling, "identities": len(set(ident.tolist()))}
         table.add_column("rank privacy")
         table.add_column("primary-label ceiling")
         table.add_row(f"{value:.3f}", f"{ceiling:.3f}")

@@ -30,6 +30,8 @@ def train(
     lr: float = typer.Option(2e-3),
     seed: int = typer.Option(0),
     class_weight: str = typer.Option("balanced", help="balanced | none"),
+    attack_min_images: int = typer.Option(None, help="Identities with at least this many images form the attack split."),
+    attack_count: int = typer.Option(None, help="Use only this many (random) of them (default per dataset)."),
     skip_bad: bool = typer.Option(False, help="Skip unreadable images (reported) instead of failing."),
     resume: bool = typer.Option(False, help="Continue from the run folder's last checkpoint."),
     threads: int = typer.Option(0, help="Torch CPU threads (0 = all cores)."),
@@ -41,7 +43,7 @@ def train(
         dataset, why = default_dataset()
         console.print(f"[cyan]{why}[/]")
     spec = RunSpec(dataset=dataset, data_root=data_root, primary=primary, arch=arch, width=width, size=size,
-                   skip_bad=skip_bad, train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                   attack_min_images=attack_min_images, attack_count=attack_count, skip_bad=skip_bad, train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                                                         class_weight=class_weight))
     result = run_training(spec, out, resume=resume)
     show_run(result.metrics, result.folder)
