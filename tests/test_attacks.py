@@ -68,7 +68,12 @@ def test_lr_is_chosen_on_validation(attack_setup):
                           progress=False)
     attack = TransferAttack(emb, config=TransferConfig(epochs=3, lrs=(1e-4, 1e-2), copies=1, val_per_identity=2))
     res = attack.fit(train).evaluate(test)
-    assert set(attack.lr_scores) == {1e-4, 1e-2} and attack.lr == max(attack.lr_scores, key=attack.lr_scores.get)
-    assert res.details["lr"] == attack.lr and 0 <= res.figures["top1"].value <= 1
+    # reduced features are vectors: auto tries the paper's analyzer head and an MLP, at each lr
+    assert set(attack.scores) == {("analyzer", 1e-4), ("analyzer", 1e-2), ("mlp", 1e-4), ("mlp", 1e-2)}
+    assert attack.choice == max(attack.scores, key=attack.scores.get)
+    assert res.details["lr"] == attack.lr and res.details["head"] == attack.choice[0]
+    assert 0 <= res.figures["top1"].value <= 1
+    with pytest.raises(ValueError, match="head='conv' needs spatial"):
+        TransferAttack(emb, config=TransferConfig(head="conv")).fit(train)
     with pytest.raises(RuntimeError, match="call fit"):
         TransferAttack(emb).evaluate(test)

@@ -5,8 +5,10 @@ transmitted features), freezes them, and trains fresh upper layers to recognise 
 labelled images of the attack identities. Made strong and honest on purpose (a weak attack makes
 every defence look good):
 
-* head ``"analyzer"`` (default): the paper's N2 -- the reconstruction layer (the server knows it) and
-  the analyzer's architecture, re-initialised, with a T-way output; ``"mlp"``: a 2-layer MLP;
+* heads: ``"analyzer"`` (the paper's N2: the reconstruction layer, which the server knows, and the
+  analyzer's architecture re-initialised with a T-way output), ``"conv"`` (a small conv net for
+  spatial features), ``"mlp"`` (2 hidden layers); ``head="auto"`` (default) tries the analyzer head and
+  the conv (spatial features) or MLP (vectors) head and keeps the best on validation;
 * training sees the features exactly as the server would, with *fresh* noise at every step, and
   ``copies`` augmented versions of each image (flip/shift/brightness) computed once;
 * the learning rate is chosen on a validation split (``val_per_identity`` images of each identity
@@ -33,7 +35,7 @@ __all__ = ["TransferConfig", "TransferAttack", "NearestNeighborAttack"]
 
 @dataclass(frozen=True)
 class TransferConfig:
-    head: str = "analyzer"  # | "mlp"
+    head: str = "auto"  # | "analyzer" | "conv" | "mlp"
     epochs: int = 40
     batch_size: int = 64
     lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
@@ -61,6 +63,13 @@ def _analyzer_head(embedding: nn.Module, num_classes: int) -> nn.Module:
     return head
 
 
+def _conv_head(shape: tuple[int, ...], num_classes: int, width: int = 256) -> nn.Module:
+    c = shape[0]
+    return nn.Sequential(nn.Conv2d(c, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                         nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3), nn.Linear(width, num_classes))
+
+
 def _mlp_head(shape: tuple[int, ...], num_classes: int, hidden: int = 512) -> nn.Module:
     d = int(torch.tensor(shape).prod())
     return nn.Sequential(nn.Flatten(), nn.BatchNorm1d(d), nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(0.3),
@@ -77,19 +86,28 @@ class TransferAttack(Attack):
         self.embedding, self.config = embedding.eval(), config
         self.embedding_name = embedding_name or getattr(embedding, "kind", "embedding")
         self.head: nn.Module | None = None
-        self.lr_scores: dict[float, float] = {}
+        self.scores: dict[tuple[str, float], float] = {}
 
-    def _new_head(self, shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    def _heads(self, shape: tuple[int, ...]) -> list[str]:
+        head = self.config.head
+        if head == "auto":
+            return ["analyzer", "conv" if len(shape) == 3 else "mlp"]
+        if head not in ("analyzer", "conv", "mlp"):
+            raise ValueError(f"head='{head}' unknown; use 'auto', 'analyzer', 'conv' or 'mlp'")
+        if head == "conv" and len(shape) != 3:
+            raise ValueError(f"head='conv' needs spatial (C, H, W) features, got shape {shape}; use 'mlp'")
+        return [head]
+
+    def _new_head(self, kind: str, shape: tuple[int, ...], num_classes: int) -> nn.Module:
         torch.manual_seed(self.config.seed)
-        if self.config.head == "analyzer":
+        if kind == "analyzer":
             return _analyzer_head(self.embedding, num_classes)
-        if self.config.head == "mlp":
-            return _mlp_head(shape, num_classes)
-        raise ValueError(f"head='{self.config.head}' unknown; use 'analyzer' or 'mlp'")
+        return _conv_head(shape, num_classes) if kind == "conv" else _mlp_head(shape, num_classes)
 
-    def _train(self, feats: torch.Tensor, y: torch.Tensor, num_classes: int, lr: float) -> nn.Module:
+    def _train(self, feats: torch.Tensor, y: torch.Tensor, num_classes: int, choice: tuple[str, float]) -> nn.Module:
         cfg = self.config
-        head = self._new_head(tuple(feats.shape[2:]), num_classes)
+        kind, lr = choice
+        head = self._new_head(kind, tuple(feats.shape[2:]), num_classes)
         opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(cfg.seed)
         n, steps = feats.shape[1], 0
@@ -127,16 +145,21 @@ class TransferAttack(Attack):
         for c in range(len(self.classes)):
             rows = torch.nonzero(y == c).flatten()
             val[rows[torch.randperm(len(rows), generator=gen)[: cfg.val_per_identity]]] = True
-        if len(cfg.lrs) > 1:
-            for lr in cfg.lrs:
-                head = self._train(feats[:, ~val], y[~val], len(self.classes), lr)
+        choices = [(h, lr) for h in self._heads(tuple(feats.shape[2:])) for lr in cfg.lrs]
+        if len(choices) > 1:
+            for choice in choices:
+                head = self._train(feats[:, ~val], y[~val], len(self.classes), choice)
                 pred = self._scores(head, feats[0, val]).argmax(1)
-                self.lr_scores[lr] = float((pred == y[val]).float().mean())
-            self.lr = max(self.lr_scores, key=self.lr_scores.get)
+                self.scores[choice] = float((pred == y[val]).float().mean())
+            self.choice = max(self.scores, key=self.scores.get)
         else:
-            self.lr = cfg.lrs[0]
-        self.head = self._train(feats, y, len(self.classes), self.lr)
+            self.choice = choices[0]
+        self.head = self._train(feats, y, len(self.classes), self.choice)
         return self
+
+    @property
+    def lr(self) -> float:
+        return self.choice[1]
 
     def evaluate(self, test: FaceData, *, column: str = "identity", primary: str | None = None) -> AttackResult:
         if self.head is None:
@@ -145,8 +168,8 @@ class TransferAttack(Attack):
         y = torch.tensor([lookup[int(v)] for v in test.labels[column]])
         scores = self._scores(self.head, clean_features(self.embedding, test)[0])
         return _identity_result(self.name, self.embedding_name, scores, y, test, primary,
-                                details={"config": asdict(self.config), "lr": self.lr,
-                                         "lr_validation_top1": {str(k): v for k, v in self.lr_scores.items()}})
+                                details={"config": asdict(self.config), "head": self.choice[0], "lr": self.lr,
+                                         "validation_top1": {f"{h}@{lr:g}": v for (h, lr), v in self.scores.items()}})
 
 
 class NearestNeighborAttack(Attack):
