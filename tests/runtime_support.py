@@ -92,8 +92,11 @@ def analyze(server_dir: Path, features: np.ndarray) -> np.ndarray:
 
 @contextmanager
 def running(bundle: Any, port: int = 0, **options: Any):
-    """A real uvicorn server for ``bundle`` on 127.0.0.1 (free port by default), always stopped."""
-    server = ServerThread(create_app(bundle, **{"api_keys": [], **options}), port=port)
+    """A real uvicorn server for ``bundle`` on 127.0.0.1 (free port by default), always stopped.
+
+    ``ssl_*`` options go to uvicorn, the others to ``create_app``."""
+    uv = {k: options.pop(k) for k in list(options) if k.startswith("ssl_")}
+    server = ServerThread(create_app(bundle, **{"api_keys": [], **options}), port=port, **uv)
     server.start()
     try:
         yield server

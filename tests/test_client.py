@@ -318,3 +318,27 @@ def test_lfw_images_end_to_end(pair, lfw_dir):
     rows = json.loads(result.output)
     np.testing.assert_allclose([r["probabilities"] for r in rows], expected, atol=1e-6)
     assert [r["label"] for r in rows] == [["F", "M"][i] for i in expected.argmax(1)]
+
+
+def test_tls(pair, tmp_path):
+    """HTTPS with uvicorn's ssl options; the client verifies the certificate and refuses an unknown one."""
+    import shutil
+    import ssl
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed: cannot make a test certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    x = np.random.default_rng(4).normal(size=(2, 4)).astype(np.float32)
+    with running(server_bundle(pair[1]), ssl_keyfile=str(key), ssl_certfile=str(cert)) as srv:
+        url = f"https://127.0.0.1:{srv.port}"
+        trusted = Client(client_bundle(pair[0]), url, ssl_context=ssl.create_default_context(cafile=str(cert)))
+        preds = trusted.infer_features(x)
+        np.testing.assert_allclose(np.stack([p.probabilities for p in preds]), analyze(pair[1], x), atol=1e-6)
+        with pytest.raises(ClientError, match="TLS error talking to https://127.0.0.1") as err:
+            Client(client_bundle(pair[0]), url, retries=3).infer_features(x)  # system CAs: not trusted
+        assert not isinstance(err.value, ServerUnavailable)  # certificate errors are not retried
+        with pytest.raises(ServerUnavailable):
+            Client(client_bundle(pair[0]), f"http://127.0.0.1:{srv.port}", retries=0).infer_features(x)  # plain HTTP

@@ -39,6 +39,8 @@ def serve(
     threads: int = typer.Option(0, help="Torch CPU threads for the analyzer (0 = torch default)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
     access_log: bool = typer.Option(False, help="Log every request (costs throughput)."),
+    http: str = typer.Option("auto", help="uvicorn HTTP parser: auto | h11 | httptools."),
+    loop: str = typer.Option("auto", help="uvicorn event loop: auto | asyncio | uvloop."),
 ) -> None:
     """Serve the analyzer: /v2 health, metadata, infer (JSON or binary tensors), /metrics."""
     try:
@@ -62,4 +64,4 @@ def serve(
                       "(pass --ssl-keyfile/--ssl-certfile or terminate TLS at a proxy)")
     run_server(bundle, host=host, port=port, api_keys=keys, max_batch=max_batch, max_delay_ms=max_delay_ms,
                max_body_bytes=max_body_bytes, ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile,
-               log_level=log_level, access_log=access_log, torch_threads=threads or None)
+               log_level=log_level, access_log=access_log, torch_threads=threads or None, http=http, loop=loop)

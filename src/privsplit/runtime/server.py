@@ -449,8 +449,12 @@ def serve(bundle: ServerBundle | str | Path, *, host: str = "127.0.0.1", port: i
           api_keys: Iterable[str] | None = None, max_batch: int = 32, max_delay_ms: float = 2.0,
           max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, ssl_keyfile: str | None = None,
           ssl_certfile: str | None = None, log_level: str = "info", access_log: bool = False,
-          torch_threads: int | None = None) -> None:
-    """Serve ``bundle`` with uvicorn until interrupted (``privsplit serve`` calls this)."""
+          torch_threads: int | None = None, http: str = "auto", loop: str = "auto") -> None:
+    """Serve ``bundle`` with uvicorn until interrupted (``privsplit serve`` calls this).
+
+    ``http``/``loop`` are uvicorn's: ``auto`` takes httptools and uvloop when installed (faster), else
+    h11 and asyncio.
+    """
     import uvicorn
 
     if torch_threads:
@@ -460,7 +464,7 @@ def serve(bundle: ServerBundle | str | Path, *, host: str = "127.0.0.1", port: i
     app = create_app(bundle, api_keys=api_keys, max_batch=max_batch, max_delay_ms=max_delay_ms,
                      max_body_bytes=max_body_bytes)
     uvicorn.run(app, host=host, port=port, ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile,
-                log_level=log_level, access_log=access_log, timeout_graceful_shutdown=10)
+                log_level=log_level, access_log=access_log, timeout_graceful_shutdown=10, http=http, loop=loop)
 
 
 class ServerThread:
@@ -480,7 +484,8 @@ class ServerThread:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.options.get("ssl_certfile") else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 15.0) -> ServerThread:
         """Bind, start serving, and return once the server accepts connections."""
