@@ -325,3 +325,61 @@ def test_runtime_imports_no_training_code():
             "print(repr(bad))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_micro_batcher_unit():
+    from privsplit.runtime.batching import BatcherClosed, MicroBatcher
+
+    calls: list[int] = []
+    gate, entered = threading.Event(), threading.Event()
+
+    def fn(x: np.ndarray):
+        entered.set()
+        gate.wait(5)
+        calls.append(len(x))
+        if (x < 0).any():
+            raise ValueError("negative input")
+        return x * 2, x.sum(axis=1)
+
+    seen: list[tuple[int, int]] = []
+    with MicroBatcher(fn, max_batch=4, max_delay_ms=0, on_batch=lambda r, n: seen.append((r, n))) as batcher:
+        first = batcher.submit(np.ones((1, 2)))            # taken alone; the worker then waits on the gate
+        assert entered.wait(5)
+        queued = [batcher.submit(np.full((n, 2), float(n))) for n in (1, 2, 1, 3)]  # 1+2+1 fit in 4, 3 waits
+        big = batcher.submit(np.ones((6, 2)))              # more than max_batch: runs alone, never split
+        gate.set()
+        assert first.result(5)[1].tolist() == [2.0]
+        for n, fut in zip((1, 2, 1, 3), queued):
+            doubled, sums = fut.result(5)
+            assert doubled.shape == (n, 2) and (doubled == 2 * n).all() and sums.tolist() == [2.0 * n] * n
+        assert big.result(5)[0].shape == (6, 2)
+        bad = batcher.submit(-np.ones((1, 2)))
+        with pytest.raises(ValueError, match="negative input"):
+            bad.result(5)
+        with pytest.raises(ValueError, match="at least one row"):
+            batcher.submit(np.ones((0, 2)))
+    assert calls == [1, 4, 3, 6, 1]
+    assert seen == [(1, 1), (4, 3), (3, 1), (6, 1)]  # failed calls are not recorded
+    with pytest.raises(BatcherClosed):
+        batcher.submit(np.ones((1, 2)))
+    with pytest.raises(ValueError, match="max_batch must be an integer >= 1"):
+        MicroBatcher(fn, max_batch=0)
+
+
+def test_metrics_text_format():
+    from privsplit.runtime.metrics import ServiceMetrics
+
+    m = ServiceMetrics()
+    m.record_request("infer", 200, 0.003)
+    m.record_request("infer", 413, 0.0001)
+    m.record_batch(5, 3)
+    text = m.render()
+    assert text.endswith("\n") and "# TYPE privsplit_requests_total counter" in text
+    parsed = parse_prometheus(text)
+    assert parsed['privsplit_requests_total{endpoint="infer",status="413"}'] == 1
+    assert parsed['privsplit_errors_total{endpoint="infer",status="413"}'] == 1
+    assert 'privsplit_errors_total{endpoint="infer",status="200"}' not in parsed
+    assert parsed['privsplit_request_latency_seconds_bucket{endpoint="infer",le="0.0005"}'] == 1
+    assert parsed['privsplit_request_latency_seconds_bucket{endpoint="infer",le="0.005"}'] == 2
+    assert parsed['privsplit_batch_size_bucket{le="4"}'] == 0 and parsed['privsplit_batch_size_bucket{le="8"}'] == 1
+    assert parsed["privsplit_batch_requests_sum"] == 3 and parsed["privsplit_duplicate_requests_total"] == 0
