@@ -1,1 +1,32 @@
-"""privsplit.runtime."""
+"""privsplit.runtime: the split deployed over the Open Inference Protocol v2 (REST).
+
+* :mod:`~privsplit.runtime.wire`: OIP v2 messages and all their (de)serialisation.
+* :mod:`~privsplit.runtime.client`: :class:`Client` (device: extractor + noise, sends features).
+* :mod:`~privsplit.runtime.server`: :func:`create_app` / :func:`serve` (cloud analyzer, FastAPI +
+  uvicorn; needs the ``serve`` extra).
+* :mod:`~privsplit.runtime.batching`, :mod:`~privsplit.runtime.metrics`: micro-batching, Prometheus.
+
+Names are imported lazily, so a device that only uses the client never imports the web framework.
+Nothing here imports training, attack or report code.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Client": "client", "ClientError": "client", "ServerUnavailable": "client", "Prediction": "client",
+    "OnnxExtractor": "client", "load_images": "client",
+    "create_app": "server", "serve": "server", "AnalyzerService": "server", "ServerThread": "server",
+    "ServiceError": "server", "load_api_keys": "server",
+    "MicroBatcher": "batching", "BatcherClosed": "batching",
+    "ServiceMetrics": "metrics", "parse_prometheus": "metrics",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"privsplit.runtime.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'privsplit.runtime' has no attribute '{name}'")

@@ -1,0 +1,387 @@
+"""Load benchmark of the analyzer service (``privsplit serve``) on loopback, and bytes on the wire.
+
+(a) Throughput: ``privsplit serve`` runs in its own process; C client threads (C = 1, 4, 16) in this
+    process each keep one keep-alive connection and send one-image requests (binary tensors, a fresh
+    request id each, like :class:`privsplit.runtime.client.Client`) back to back for ``--seconds``.
+    Reported: requests/s, p50/p99 latency, errors (must be 0), the mean analyzer batch the server formed
+    (from ``/metrics``), and the ratio of the served images/s to the raw in-process analyzer
+    (``AnalyzerService.run_batch``: analyzer + softmax, no HTTP) at batch size C.
+    With ``--triton`` (default when ``.venv-triton`` exists) the same load also goes to the same analyzer
+    on Triton Inference Server via PyTriton (``python -m privsplit.runtime.triton``).
+(b) Bytes on the wire per image: OIP request and response bodies for PCA-4/6/8 features (binary and JSON;
+    one image per request and 64 per request), vs the face as a 64x64 JPEG (quality 75/90, the model's
+    crop) and the original LFW JPEG.
+
+The analyzer: VGG-16 at width 0.25, 64 px input (the CLI defaults), split at conv5_3, PCA-k + noise;
+untrained weights (speed does not depend on them). Results depend on the machine and its load: the
+load average is printed with them.
+
+Run (from the repository root)::
+
+    PYTHONPATH=src python3 benchmarks/bench_serve.py              # ~2.5 min; prints, updates docs/runtime.md
+    PYTHONPATH=src python3 benchmarks/bench_serve.py --seconds 3 --no-docs
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from privsplit.data import FaceData, Manifest, Preprocess
+from privsplit.data.loaders import LFW_CROP
+from privsplit.data.transforms import decode_image
+from privsplit.defenses import build_embedding, load_client_bundle, save_bundles
+from privsplit.models import vgg16
+from privsplit.runtime.client import Client
+from privsplit.runtime.metrics import parse_prometheus
+from privsplit.runtime.server import AnalyzerService
+from privsplit.runtime.wire import InferResponse, InferTensor, encode_request, encode_response
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "runtime.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+SIZE, WIDTH, LAYER = 64, 0.25, "conv5_3"
+
+
+# ----------------------------------------------------------------------------- setup
+
+def synthetic_faces(n: int = 96, size: int = SIZE, seed: int = 0) -> FaceData:
+    """Random face-like images (only to fit the PCA; throughput does not depend on them)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.arange(n) % 8
+    imgs = (60 + torch.rand(8, 3, size, size, generator=g)[ids] * 80 + torch.rand(n, 3, size, size, generator=g) * 40)
+    imgs[:, 0] += (ids % 2).view(n, 1, 1).float() * 60
+    manifest = Manifest(root=Path("."), paths=tuple(f"{i}.png" for i in range(n)),
+                        columns={"gender": tuple("FM"[int(v) % 2] for v in ids),
+                                 "identity": tuple(f"id{int(v)}" for v in ids)}, name="synthetic")
+    return FaceData(images=imgs.clamp(0, 255).to(torch.uint8), labels={"gender": ids % 2, "identity": ids},
+                    classes={"gender": ["F", "M"], "identity": [f"id{i}" for i in range(8)]}, manifest=manifest,
+                    preprocess=Preprocess(size=size, crop=LFW_CROP))
+
+
+def build_bundles(folder: Path, dims: tuple[int, ...]) -> dict[int, tuple[Path, Path]]:
+    torch.manual_seed(0)
+    faces = synthetic_faces()
+    model = vgg16(width=WIDTH, input_size=SIZE).eval()
+    out = {}
+    for dim in dims:
+        emb = build_embedding("noisy-reduced-simple", model, layer=LAYER, train=faces, column="gender", dim=dim,
+                              sigma=0.5, progress=False)
+        out[dim] = save_bundles(emb, folder / f"pca{dim}", config=model.config, preprocess=faces.preprocess,
+                                classes=["F", "M"], primary="gender")
+    return out
+
+
+def has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, model: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/v2/models/{model}/ready", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout} s")
+
+
+# ----------------------------------------------------------------------------- (a) throughput
+
+def raw_throughput(server_dir: Path, batch: int, seconds: float) -> float:
+    """Images/s of the analyzer called in process on batches of ``batch`` rows (no HTTP, no batcher)."""
+    service = AnalyzerService(server_dir)
+    x = np.random.default_rng(0).normal(size=(batch, *service.input_shape)).astype(np.float32)
+    for _ in range(20):
+        service.run_batch(x)
+    calls, t0 = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - t0) < seconds:
+        service.run_batch(x)
+        calls += 1
+    return calls * batch / elapsed
+
+
+def load(port: int, model: str, bodies: list[tuple[bytes, dict[str, str]]], concurrency: int,
+         seconds: float) -> dict[str, float]:
+    """``concurrency`` threads sending one-image requests back to back; latency percentiles and errors."""
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    errors = [0] * concurrency
+    stop = threading.Event()
+    start = threading.Barrier(concurrency + 1)
+    path = f"/v2/models/{model}/infer"
+
+    def worker(k: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.connect()
+        i = k
+        start.wait()
+        while not stop.is_set():
+            rid, body, headers = bodies[i % len(bodies)]
+            body = body.replace(rid, uuid.uuid4().hex.encode(), 1)  # a fresh id: no idempotency-cache hits
+            i += concurrency
+            t0 = time.perf_counter()
+            try:
+                conn.request("POST", path, body=body, headers=headers)
+                resp = conn.getresponse()
+                resp.read()
+                ok = resp.status == 200
+            except (OSError, http.client.HTTPException):
+                ok = False
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            latencies[k].append(time.perf_counter() - t0)
+            errors[k] += not ok
+        conn.close()
+
+    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(concurrency)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    elapsed = time.perf_counter() - t0
+    lat = sorted(v for per in latencies for v in per)
+    return {"requests": len(lat), "rps": len(lat) / elapsed, "p50_ms": 1000 * lat[len(lat) // 2],
+            "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], "errors": sum(errors)}
+
+
+def metrics(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return parse_prometheus(r.read().decode())
+
+
+def request_bodies(client_dir: Path, n: int = 512) -> list[tuple[bytes, bytes, dict[str, str]]]:
+    """(id, body, headers) of binary one-image requests with distinct features, as the Client sends them;
+    the load loop swaps in a fresh id (same length) for every request."""
+    client = Client(load_client_bundle(client_dir), "http://127.0.0.1:1")
+    feats = np.random.default_rng(1).normal(size=(n, *client.bundle.feature_shape)).astype(np.float32)
+    out = []
+    for i in range(n):
+        rid = uuid.uuid4().hex
+        out.append((rid.encode(), *encode_request(client.request_for(feats[i:i + 1], rid), binary=True)))
+    return out
+
+
+def bench_server(cmd: list[str], env: dict[str, str], port: int, model: str, bodies, levels, seconds,
+                 privsplit_metrics: bool) -> list[dict[str, float]]:
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", model, proc)
+        load(port, model, bodies, 4, 1.0)  # warm-up
+        rows = []
+        for c in levels:
+            before = metrics(port) if privsplit_metrics else {}
+            cpu0 = tree_cpu_seconds(proc.pid)
+            res = load(port, model, bodies, c, seconds)
+            res["cpu_us"] = 1e6 * (tree_cpu_seconds(proc.pid) - cpu0) / res["requests"]
+            if privsplit_metrics:
+                after = metrics(port)
+                calls = after["privsplit_batch_size_count"] - before["privsplit_batch_size_count"]
+                res["mean_batch"] = (after["privsplit_batch_size_sum"] - before["privsplit_batch_size_sum"]) / calls
+            rows.append({"concurrency": c, **res})
+            batch = f"  mean batch {res['mean_batch']:.1f}" if "mean_batch" in res else ""
+            print(f"  c={c:>2}: {res['rps']:7.0f} req/s  p50 {res['p50_ms']:.2f} ms  p99 {res['p99_ms']:.2f} ms  "
+                  f"errors {res['errors']}  server CPU {res['cpu_us']:.0f} us/req{batch}", flush=True)
+        return rows
+    finally:
+        proc.send_signal(2)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait(10)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its descendants (Triton runs in child processes)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    stats: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        stats[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += stats.get(p, 0.0)
+        todo += children.get(p, [])
+    return total
+
+
+# ----------------------------------------------------------------------------- (b) bytes on the wire
+
+def wire_bytes(bundles: dict[int, tuple[Path, Path]]) -> list[dict[str, object]]:
+    rows = []
+    for dim, (client_dir, _) in bundles.items():
+        client = Client(load_client_bundle(client_dir), "http://127.0.0.1:1")
+        for per_request in (1, 64):
+            feats = np.random.default_rng(2).normal(size=(per_request, dim)).astype(np.float32)
+            for binary in (True, False):
+                client.binary = binary
+                req = client.request_for(feats, uuid.uuid4().hex)
+                body, _ = encode_request(req, binary=binary)
+                probs = np.full((per_request, 2), 0.123456789, np.float32)
+                resp = InferResponse(client.bundle.model_name, model_version="1", id=req.id, outputs=[
+                    InferTensor.from_numpy("probabilities", probs),
+                    InferTensor("label", (per_request,), "BYTES", [b"M"] * per_request)])
+                rbody, _ = encode_response(resp, binary_outputs=req.binary_outputs())
+                rows.append({"features": f"PCA-{dim}", "images/request": per_request,
+                             "encoding": "binary" if binary else "JSON",
+                             "request B/image": len(body) / per_request, "response B/image": len(rbody) / per_request})
+    return rows
+
+
+def jpeg_bytes(sample: int = 400) -> dict[str, float] | None:
+    root = Path(os.environ.get("PRIVSPLIT_DATA", ROOT.parent / "shared" / "data")) / "lfw_gender" / "images"
+    if not root.exists():
+        root = Path("/work/shared/data/lfw_gender/images")
+    files = sorted(root.rglob("*.jpg"))
+    if not files:
+        return None
+    pre = Preprocess(size=SIZE, crop=LFW_CROP)
+    picked = files[:: max(1, len(files) // sample)][:sample]
+    q75, q90 = [], []
+    for f in picked:
+        img = Image.fromarray(decode_image(f, pre))
+        for q, out in ((75, q75), (90, q90)):
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=q)
+            out.append(len(buf.getvalue()))
+    return {"files": len(files), "original_mean": statistics.mean(f.stat().st_size for f in files),
+            "jpeg64_q75": statistics.mean(q75), "jpeg64_q90": statistics.mean(q90), "sample": len(picked)}
+
+
+# ----------------------------------------------------------------------------- report
+
+def render(args, raw: dict[int, float], serve_rows: dict[str, list], wire: list, jpeg: dict | None,
+           env_line: str) -> str:
+    lines = [f"Command: `{args.command}`", "", env_line, "",
+             "**(a) Throughput**, one image per request, binary tensors, keep-alive, loopback; raw = the analyzer "
+             "in process at batch = concurrency (images/s); ratio = served images/s / raw.", "",
+             "| server | concurrency | req/s | p50 ms | p99 ms | errors | server CPU µs/req | mean batch "
+             "| raw images/s | ratio |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, rows in serve_rows.items():
+        for r in rows:
+            mb = f"{r['mean_batch']:.1f}" if "mean_batch" in r else "n/a"
+            lines.append(f"| {name} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                         f"{r['errors']} | {r['cpu_us']:.0f} | {mb} | {raw[r['concurrency']]:.0f} | "
+                         f"{r['rps'] / raw[r['concurrency']]:.1%} |")
+    lines += ["", "**(b) Bytes on the wire per image** (HTTP bodies; the HTTP headers add about 200 B per request).",
+              "", "| features | images/request | encoding | request B/image | response B/image |",
+              "|---|---:|---|---:|---:|"]
+    for r in wire:
+        lines.append(f"| {r['features']} | {r['images/request']} | {r['encoding']} | {r['request B/image']:.0f} | "
+                     f"{r['response B/image']:.0f} |")
+    if jpeg:
+        lines += ["", f"Sending the image instead (LFW, {jpeg['files']} files; 64x64 JPEGs of the model's face crop "
+                      f"over {jpeg['sample']} of them): original JPEG {jpeg['original_mean']:.0f} B on average, "
+                      f"64x64 JPEG {jpeg['jpeg64_q75']:.0f} B at quality 75 and {jpeg['jpeg64_q90']:.0f} B at "
+                      f"quality 90."]
+    return "\n".join(lines)
+
+
+def update_doc(text: str) -> None:
+    doc = DOC.read_text()
+    if START not in doc or END not in doc:
+        raise SystemExit(f"{DOC} lacks the {START} ... {END} markers")
+    head, rest = doc.split(START, 1)
+    DOC.write_text(head + START + "\n" + text + "\n" + END + rest.split(END, 1)[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="per concurrency level")
+    parser.add_argument("--raw-seconds", type=float, default=3.0)
+    parser.add_argument("--levels", default="1,4,16")
+    parser.add_argument("--max-delay-ms", type=float, default=2.0)
+    parser.add_argument("--triton", choices=("auto", "yes", "no"), default="auto")
+    parser.add_argument("--no-docs", action="store_true")
+    args = parser.parse_args()
+    args.command = " ".join(["PYTHONPATH=src python3 benchmarks/bench_serve.py", *sys.argv[1:]])
+    levels = [int(v) for v in args.levels.split(",")]
+    torch.set_num_threads(1)  # the raw baseline gets one core, like the server's batching worker below
+    with tempfile.TemporaryDirectory() as tmp:
+        bundles = build_bundles(Path(tmp), (4, 6, 8))
+        client_dir, server_dir = bundles[8]
+        model = json.loads((server_dir / "server.json").read_text())["model_name"]
+        print("raw analyzer (images/s):", flush=True)
+        raw = {c: raw_throughput(server_dir, c, args.raw_seconds) for c in levels}
+        print("  " + ", ".join(f"batch {c}: {v:.0f}" for c, v in raw.items()), flush=True)
+        bodies = request_bodies(client_dir)
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PRIVSPLIT_API_KEYS": "", "OMP_NUM_THREADS": "1"}
+        serve_rows: dict[str, list] = {}
+        variants = [("h11 + asyncio", ["--http", "h11", "--loop", "asyncio"])]
+        if has_module("httptools") and has_module("uvloop"):
+            variants.insert(0, ("httptools + uvloop", ["--http", "httptools", "--loop", "uvloop"]))
+        for name, extra in variants:
+            port = free_port()
+            label = f"privsplit serve ({name}), max-delay {args.max_delay_ms:g} ms"
+            print(label + ":", flush=True)
+            serve_rows[label] = bench_server(
+                [sys.executable, "-c", "from privsplit.cli import main; main()", "serve", str(server_dir), "--port",
+                 str(port), "--log-level", "warning", "--threads", "1", "--max-delay-ms", str(args.max_delay_ms),
+                 *extra], env, port, model, bodies, levels, args.seconds, True)
+        triton_py = ROOT / ".venv-triton" / "bin" / "python"
+        if args.triton == "yes" or (args.triton == "auto" and triton_py.exists()):
+            ports = [free_port() for _ in range(3)]
+            print("Triton via PyTriton (max-delay 2 ms):", flush=True)
+            serve_rows["Triton (PyTriton), max-delay 2 ms"] = bench_server(
+                [str(triton_py), "-m", "privsplit.runtime.triton", str(server_dir), "--http-port", str(ports[0]),
+                 "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), "--max-delay-us", "2000"],
+                env, ports[0], model, bodies, levels, args.seconds, False)
+        wire = wire_bytes(bundles)
+    jpeg = jpeg_bytes()
+    env_line = (f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, load average before the run "
+                f"{LOAD_BEFORE:.1f} (other jobs shared the CPUs), Python {platform.python_version()}, "
+                f"torch {torch.__version__} (1 thread for the analyzer), {time.strftime('%Y-%m-%d')}.")
+    text = render(args, raw, serve_rows, wire, jpeg, env_line)
+    print(text)
+    if not args.no_docs:
+        update_doc(text)
+        print(f"updated {DOC}")
+
+
+LOAD_BEFORE = os.getloadavg()[0]
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Dynamic micro-batching: concurrent requests share one analyzer call on a worker thread.
+
+:class:`MicroBatcher` owns one worker thread. :meth:`MicroBatcher.submit` queues an array of
+``rows`` samples and returns a :class:`concurrent.futures.Future`. The worker takes the oldest
+request, then keeps adding queued requests until the batch holds ``max_batch`` rows or
+``max_delay_ms`` has passed since it took the first one (requests already waiting are always
+taken without delay), concatenates them, calls ``fn`` once, and hands each request exactly its own
+rows of every output. A request is never split; a request larger than ``max_batch`` runs alone.
+A request whose future was cancelled (its client went away) is dropped before the call. If ``fn``
+raises, every request of that batch gets the exception.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["MicroBatcher", "BatcherClosed"]
+
+BatchFn = Callable[[np.ndarray], Sequence[np.ndarray]]
+
+
+class BatcherClosed(RuntimeError):
+    """The batcher was closed (server shutting down); the request was not run."""
+
+
+@dataclass
+class _Item:
+    x: np.ndarray
+    future: Future
+
+
+_STOP = object()
+
+
+class MicroBatcher:
+    """Merge concurrent calls of ``fn`` into batches on one worker thread.
+
+    Args:
+        fn: maps a batch ``(rows, ...)`` to a sequence of arrays whose first dimension is ``rows``.
+        max_batch: most rows merged into one call (>= 1).
+        max_delay_ms: longest wait for more requests after the first one of a batch (>= 0).
+        on_batch: called as ``on_batch(rows, requests)`` after each successful call (metrics).
+        name: the worker thread's name.
+    """
+
+    def __init__(self, fn: BatchFn, *, max_batch: int = 32, max_delay_ms: float = 2.0,
+                 on_batch: Callable[[int, int], None] | None = None, name: str = "privsplit-batcher") -> None:
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch must be an integer >= 1, got {max_batch!r}")
+        if not max_delay_ms >= 0:
+            raise ValueError(f"max_delay_ms must be >= 0, got {max_delay_ms!r}")
+        self.fn, self.max_batch, self.max_delay = fn, max_batch, float(max_delay_ms) / 1000.0
+        self.on_batch, self.name = on_batch, name
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending: object | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Start the worker thread (idempotent; :meth:`submit` calls it)."""
+        with self._lock:
+            if self._closed:
+                raise BatcherClosed("the batcher is closed; create a new one")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread.start()
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Finish the batch in progress, fail queued requests with :class:`BatcherClosed`, stop."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            thread = self._thread
+        self._queue.put(_STOP)
+        if thread is not None:
+            thread.join(timeout)
+        self._fail_queued()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._closed
+
+    def __enter__(self) -> MicroBatcher:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ use
+    def submit(self, x: np.ndarray) -> Future:
+        """Queue ``x`` (``(rows, ...)``); the future resolves to ``fn``'s outputs for these rows."""
+        if x.ndim < 1 or x.shape[0] < 1:
+            raise ValueError(f"submit needs an array with at least one row, got shape {x.shape}")
+        self.start()
+        future: Future = Future()
+        self._queue.put(_Item(x, future))
+        return future
+
+    def __call__(self, x: np.ndarray, timeout: float | None = None) -> list[np.ndarray]:
+        """Blocking :meth:`submit`."""
+        return self.submit(x).result(timeout)
+
+    # ------------------------------------------------------------------ worker
+    def _next(self, timeout: float | None) -> object:
+        if self._pending is not None:
+            item, self._pending = self._pending, None
+            return item
+        if timeout is None:
+            return self._queue.get()
+        if timeout <= 0:
+            return self._queue.get_nowait()
+        return self._queue.get(timeout=timeout)
+
+    def _collect(self) -> tuple[list[_Item], bool]:
+        first = self._next(None)
+        if first is _STOP:
+            return [], True
+        assert isinstance(first, _Item)
+        batch, rows = [first], first.x.shape[0]
+        deadline = time.monotonic() + self.max_delay
+        while rows < self.max_batch:
+            try:
+                nxt = self._next(deadline - time.monotonic())
+            except queue.Empty:
+                break
+            if nxt is _STOP or (isinstance(nxt, _Item) and rows + nxt.x.shape[0] > self.max_batch):
+                self._pending = nxt
+                break
+            assert isinstance(nxt, _Item)
+            batch.append(nxt)
+            rows += nxt.x.shape[0]
+        return batch, False
+
+    def _run(self) -> None:
+        while True:
+            batch, stop = self._collect()
+            if stop:
+                return
+            live = [it for it in batch if it.future.set_running_or_notify_cancel()]
+            if live:
+                self._run_batch(live)
+
+    def _run_batch(self, batch: list[_Item]) -> None:
+        try:
+            x = batch[0].x if len(batch) == 1 else np.concatenate([it.x for it in batch])
+            outputs = [np.asarray(o) for o in self.fn(x)]
+            rows = x.shape[0]
+            for o in outputs:
+                if o.shape[:1] != (rows,):
+                    raise RuntimeError(f"batch function returned shape {o.shape} for {rows} rows")
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
+            for it in batch:
+                it.future.set_exception(exc)
+            return
+        start = 0
+        for it in batch:
+            n = it.x.shape[0]
+            it.future.set_result([o[start:start + n].copy() for o in outputs])
+            start += n
+        if self.on_batch is not None:
+            try:
+                self.on_batch(rows, len(batch))
+            except Exception:  # noqa: BLE001 - metrics must never break serving
+                pass
+
+    def _fail_queued(self) -> None:
+        items = [self._pending] if self._pending is not None else []
+        self._pending = None
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        for it in items:
+            if isinstance(it, _Item) and it.future.set_running_or_notify_cancel():
+                it.future.set_exception(BatcherClosed("the server is shutting down; retry"))
