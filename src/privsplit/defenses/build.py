@@ -100,13 +100,15 @@ def extract_features(extractor: nn.Module, data: FaceData, *, batch_size: int = 
 def build_embedding(kind: str, model: nn.Sequential, *, layer: str, train: FaceData, column: str,
                     dim: int | None = None, sigma: float = 0.0, scale: str = "std", reduction: str = "pca",
                     siamese: SiameseConfig = SiameseConfig(), tuned: nn.Sequential | None = None,
-                    progress: bool = True) -> Embedding:
+                    noise_seed: int | None = None, progress: bool = True) -> Embedding:
     """Build the named embedding (see module docstring).
 
     Args:
         dim: reduced dimension (default: the paper's choice for ``layer``, else 8).
         sigma: noise level for noisy embeddings (ignored otherwise).
         tuned: an already Siamese fine-tuned model to reuse (skips step 1).
+        noise_seed: reproducible noise for experiments and tests; ``None`` (default, and always in
+            deployment) draws fresh noise from the OS's CSPRNG.
     """
     spec = embedding_kind(kind)
     if spec.noisy and sigma < 0:
@@ -124,7 +126,8 @@ def build_embedding(kind: str, model: nn.Sequential, *, layer: str, train: FaceD
         if spec.noisy:
             with torch.no_grad():
                 reduced = red.reduce(feats)
-            noise = GaussianNoise(sigma=sigma, scale=scale)  # type: ignore[arg-type]
+            noise = GaussianNoise(sigma=sigma, scale=scale,  # type: ignore[arg-type]
+                                  deterministic=noise_seed is not None, seed=noise_seed)
             if scale == "std":
                 noise.fit_scale(reduced)
     return Embedding(kind=kind, layer=layer, extractor=extractor, analyzer=analyzer, reduction=red,

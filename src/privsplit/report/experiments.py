@@ -66,8 +66,11 @@ def rank_privacy_of(embedding: Embedding, data: FaceData, *, sensitive: str = "i
 
 def noise_tradeoff(embedding: Embedding, sigmas: Sequence[float], *, test: FaceData, attack: AttackData,
                    primary: str, transfer: TransferConfig | None = None, name: str | None = None,
-                   sensitive: str = "identity") -> list[dict[str, Any]]:
-    """Accuracy vs privacy over noise levels (the paper's Fig. 10): one row per sigma."""
+                   sensitive: str = "identity", seed: int = 0) -> list[dict[str, Any]]:
+    """Accuracy vs privacy over noise levels (the paper's Fig. 10): one row per sigma.
+
+    Noise is drawn reproducibly (``seed``) so a rerun gives the same curve.
+    """
     if not isinstance(embedding.noise, GaussianNoise) or embedding.noise.std is None:
         raise ValueError("noise_tradeoff needs a noisy embedding with fitted per-dimension std "
                          "(kind 'noisy-reduced-simple' or 'advanced')")
@@ -75,11 +78,12 @@ def noise_tradeoff(embedding: Embedding, sigmas: Sequence[float], *, test: FaceD
     rows = []
     ceiling = primary_label_ceiling(attack.all.labels[sensitive], attack.all.labels[primary])
     for sigma in sigmas:
-        emb = embedding.with_noise(GaussianNoise(sigma=sigma, scale=base.scale, std=base.std))
+        emb = embedding.with_noise(GaussianNoise(sigma=sigma, scale=base.scale, std=base.std, deterministic=True,
+                                                 seed=seed))
         rep = evaluate(emb, test, column=primary)
         row = {"embedding": name or embedding.kind, "layer": embedding.layer, "sigma": sigma,
                "accuracy": rep.accuracy, "balanced_accuracy": rep.balanced_accuracy,
-               "rank_privacy": rank_privacy_of(emb, attack.all, sensitive=sensitive),
+               "rank_privacy": rank_privacy_of(emb, attack.all, sensitive=sensitive, seed=seed),
                "rank_privacy_ceiling": ceiling}
         row.update(identity_attacks(emb, attack, primary=primary, transfer=transfer, name=name))
         rows.append(row)
