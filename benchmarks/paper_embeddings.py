@@ -17,13 +17,11 @@ from pathlib import Path
 import torch
 
 from privsplit.attacks.transfer import TransferConfig
-from privsplit.defenses.build import PAPER_DIMS, SiameseConfig, build_embedding, cached_siamese
-from privsplit.report.experiments import attack_data, identity_attacks
+from privsplit.defenses.build import SiameseConfig
+from privsplit.report.experiments import attack_data, embedding_table
 from privsplit.report.plots import plot_attack_bars
-from privsplit.train.loops import TrainConfig, evaluate
+from privsplit.train.loops import TrainConfig
 from privsplit.train.run import load_run
-
-KINDS = ("simple", "reduced-simple", "siamese", "reduced-siamese")
 
 
 def main() -> None:
@@ -43,18 +41,14 @@ def main() -> None:
     data = attack_data(p.attack, per_identity=args.per_identity, n_train=args.n_train)
     transfer = None if args.no_transfer else TransferConfig(epochs=args.attack_epochs)
     siamese = SiameseConfig(train=TrainConfig(epochs=args.siamese_epochs, lr=5e-4, warmup_fraction=0.0))
-    rows, t0 = [], time.perf_counter()
-    for layer in args.layers:
-        tuned = cached_siamese(args.run, art, p.train, layer=layer, cfg=siamese)
-        for kind in KINDS:
-            emb = build_embedding(kind, art.model, layer=layer, train=p.train, column=art.primary,
-                                  dim=PAPER_DIMS.get(layer, 8), tuned=tuned, progress=False)
-            rep = evaluate(emb, p.test, column=art.primary)
-            row = {"accuracy": rep.accuracy, "balanced_accuracy": rep.balanced_accuracy, "dim": PAPER_DIMS.get(layer)}
-            row.update(identity_attacks(emb, data, primary=art.primary, transfer=transfer, name=kind))
-            rows.append(row)
-            print(json.dumps({k: v for k, v in row.items() if not isinstance(v, list)}), flush=True)
-            (args.out / "embeddings.json").write_text(json.dumps(rows, indent=1))
+    t0 = time.perf_counter()
+
+    def show(row: dict) -> None:
+        print(json.dumps({k: v for k, v in row.items() if not isinstance(v, list)}), flush=True)
+
+    rows = embedding_table(args.run, art, p, layers=args.layers, data=data, siamese=siamese, transfer=transfer,
+                           on_row=show)
+    (args.out / "embeddings.json").write_text(json.dumps(rows, indent=1))
     metric = "nn_top1" if transfer is None else "transfer_top1"
     label = art.manifest["dataset"]["label"]
     plot_attack_bars(rows, args.out / "fig_attack.png", metric=metric,
@@ -69,7 +63,7 @@ def main() -> None:
              "| layer | embedding | dim | accuracy | balanced acc. | transfer top-1 | transfer top-5 | 1-NN top-1 |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        dim = r["dim"] if "reduced" in r["embedding"] else "-"
+        dim = r["dim"] or "-"
         tr1 = f"{r['transfer_top1']:.1%}" if "transfer_top1" in r else "-"
         tr5 = f"{r['transfer_top5']:.1%}" if "transfer_top5" in r else "-"
         lines.append(f"| {r['layer']} | {r['embedding']} | {dim} | {r['accuracy']:.2%} | {r['balanced_accuracy']:.2%} "

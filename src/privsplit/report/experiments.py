@@ -14,12 +14,17 @@ from privsplit.attacks.common import clean_features
 from privsplit.attacks.transfer import NearestNeighborAttack, TransferAttack, TransferConfig
 from privsplit.data.faces import FaceData
 from privsplit.data.splits import per_identity_split
+from privsplit.defenses.build import PAPER_DIMS, SiameseConfig, build_embedding, cached_siamese
 from privsplit.defenses.embedding import Embedding
 from privsplit.defenses.noise import GaussianNoise
 from privsplit.metrics.rank import primary_label_ceiling, rank_privacy
 from privsplit.train.loops import evaluate
 
-__all__ = ["AttackData", "attack_data", "identity_attacks", "rank_privacy_of", "noise_tradeoff"]
+__all__ = ["AttackData", "attack_data", "identity_attacks", "rank_privacy_of", "noise_tradeoff", "embedding_table",
+           "EMBEDDING_TABLE_KINDS"]
+
+#: the embeddings of the paper's Table I / Fig. 9
+EMBEDDING_TABLE_KINDS = ("simple", "reduced-simple", "siamese", "reduced-siamese")
 
 
 class AttackData:
@@ -87,4 +92,27 @@ def noise_tradeoff(embedding: Embedding, sigmas: Sequence[float], *, test: FaceD
                "rank_privacy_ceiling": ceiling}
         row.update(identity_attacks(emb, attack, primary=primary, transfer=transfer, name=name))
         rows.append(row)
+    return rows
+
+
+def embedding_table(run: Any, art: Any, prepared: Any, *, layers: Sequence[str], data: AttackData,
+                    siamese: SiameseConfig, transfer: TransferConfig | None,
+                    on_row: Any = None) -> list[dict[str, Any]]:
+    """Table I/II and Fig. 9/12a rows: primary accuracy and identity attacks per embedding and layer.
+
+    ``run`` is the run folder (the Siamese fine-tuned models are cached there).
+    """
+    rows = []
+    for layer in layers:
+        tuned = cached_siamese(run, art, prepared.train, layer=layer, cfg=siamese)
+        for kind in EMBEDDING_TABLE_KINDS:
+            emb = build_embedding(kind, art.model, layer=layer, train=prepared.train, column=art.primary,
+                                  dim=PAPER_DIMS.get(layer, 8), tuned=tuned, progress=False)
+            rep = evaluate(emb, prepared.test, column=art.primary)
+            row = {"accuracy": rep.accuracy, "balanced_accuracy": rep.balanced_accuracy,
+                   "dim": PAPER_DIMS.get(layer, 8) if "reduced" in kind else None}
+            row.update(identity_attacks(emb, data, primary=art.primary, transfer=transfer, name=kind))
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
     return rows

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from privsplit.data.faces import FaceData, load_faces
 from privsplit.data.loaders import load_manifest
 from privsplit.data.splits import Splits, identity_disjoint_split
@@ -90,6 +92,7 @@ def run_training(spec: RunSpec, out: str | Path, *, resume: bool = False, progre
     p = prepared or prepare_data(spec, progress=progress)
     cfg = VGGConfig(arch=spec.arch, num_classes=len(p.data.classes[spec.primary]), width=spec.width,
                     input_size=spec.size)
+    torch.manual_seed(spec.train.seed)  # weight init must not depend on what ran before in this process
     model = build_model(cfg)
     t0 = time.perf_counter()
     result = train_classifier(model, p.train, column=spec.primary, config=spec.train, eval_data=p.test,

@@ -1,0 +1,131 @@
+"""``privsplit reproduce``: every table and figure of the paper's Section VI, for our models and data.
+
+The run is a list of stages (train -> embeddings -> tradeoff -> reconstruction -> cost -> report).
+Each finished stage writes ``OUT/stages/<name>.json`` with a hash of the configuration it ran with;
+a rerun skips stages whose hash matches, so an interrupted run resumes from the first unfinished
+stage (training itself also resumes from its last epoch checkpoint). Every figure's data is written
+as JSON (and the tables as CSV) next to the PNGs.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+__all__ = ["Stage", "Context", "load_config", "reproduce", "write_rows"]
+
+console = Console(stderr=True)
+
+
+def load_config(dataset: str, *, quick: bool = False, path: str | Path | None = None) -> dict[str, Any]:
+    """The ``[dataset]`` table of the shipped defaults (or ``path``), with ``[dataset.quick]`` applied."""
+    text = Path(path).read_text() if path else resources.files("privsplit.report").joinpath("defaults.toml").read_text()
+    tables = tomllib.loads(text)
+    if dataset not in tables:
+        raise ValueError(f"no [{dataset}] table in the config; available: {', '.join(tables)}")
+    cfg = {k: v for k, v in tables[dataset].items() if k != "quick"}
+    if quick:
+        cfg.update(tables[dataset].get("quick", {}))
+    cfg["quick"] = quick
+    return cfg
+
+
+@dataclass
+class Context:
+    cfg: dict[str, Any]
+    out: Path
+    results: dict[str, Any]
+    config_path: str | None = None
+    _run: tuple[Any, Any] | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out / "model"
+
+    def run(self) -> tuple[Any, Any]:
+        """The trained model artifact and its data with the saved splits (loaded once)."""
+        if self._run is None:
+            from privsplit.train.run import load_run
+
+            self._run = load_run(self.run_dir, progress=False)
+        return self._run
+
+    def attack_data(self) -> Any:
+        from privsplit.report.experiments import attack_data
+
+        _, p = self.run()
+        return attack_data(p.attack, per_identity=self.cfg["per_identity"], n_train=self.cfg["n_train"],
+                           seed=self.cfg["seed"])
+
+    def figure(self, name: str) -> Path:
+        (self.out / "figures").mkdir(parents=True, exist_ok=True)
+        return self.out / "figures" / name
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[Context], Any]
+    minutes: Callable[[dict[str, Any]], float]  # rough estimate on a 2-core machine, shown before the stage
+
+
+def _estimate_epoch_s(cfg: dict[str, Any]) -> float:
+    return {"lfw": 30.0, "ckplus": 2.0, "synthetic": 4.0}.get(cfg["dataset"], 30.0)
+
+
+def _stage_hash(cfg: dict[str, Any], name: str, upstream: list[str]) -> str:
+    body = json.dumps({"cfg": cfg, "stage": name, "upstream": upstream}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """JSON and CSV twins of a figure's or table's data."""
+    path.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with path.with_suffix(".csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows([{k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()} for r in rows])
+
+
+def reproduce(dataset: str, out: str | Path, *, quick: bool = False, config: str | Path | None = None,
+              stop_after: str | None = None, stages: list[Stage] | None = None) -> Path:
+    """Run (or resume) every stage for ``dataset`` into ``out``; returns the report's path."""
+    from privsplit.report.stages import STAGES
+
+    stages = stages or STAGES
+    cfg = load_config(dataset, quick=quick, path=config)
+    out = Path(out)
+    (out / "stages").mkdir(parents=True, exist_ok=True)
+    ctx = Context(cfg, out, {}, str(config) if config else None)
+    hashes: list[str] = []
+    t_all = time.perf_counter()
+    for i, stage in enumerate(stages, start=1):
+        key = _stage_hash(cfg, stage.name, hashes)
+        hashes.append(key)
+        state = out / "stages" / f"{stage.name}.json"
+        if state.exists() and json.loads(state.read_text()).get("hash") == key:
+            ctx.results[stage.name] = json.loads(state.read_text())["result"]
+            console.print(f"[{i}/{len(stages)}] {stage.name}: done earlier, skipped")
+            continue
+        console.print(f"[bold][{i}/{len(stages)}] {stage.name}[/] (estimated ~{stage.minutes(cfg):.0f} min)")
+        t0 = time.perf_counter()
+        result = stage.run(ctx)
+        seconds = time.perf_counter() - t0
+        ctx.results[stage.name] = result
+        state.write_text(json.dumps({"hash": key, "seconds": seconds, "result": result}, indent=1))
+        console.print(f"    {stage.name} finished in {seconds / 60:.1f} min")
+        if stop_after == stage.name:
+            console.print(f"stopped after stage '{stage.name}' as asked; rerun to continue")
+            return out / "report.md"
+    console.print(f"all stages done in {(time.perf_counter() - t_all) / 60:.1f} min; report: {out / 'report.md'}")
+    return out / "report.md"

@@ -1,0 +1,89 @@
+"""The stages of ``privsplit reproduce`` (see :mod:`privsplit.report.pipeline`)."""
+from __future__ import annotations
+
+from typing import Any
+
+from privsplit.report.pipeline import Context, Stage, _estimate_epoch_s, write_rows
+
+__all__ = ["STAGES"]
+
+
+def _train(ctx: Context) -> dict[str, Any]:
+    from privsplit.train.loops import TrainConfig
+    from privsplit.train.run import RunSpec, run_training
+
+    c = ctx.cfg
+    spec = RunSpec(dataset=c["dataset"], arch=c["arch"], width=c["width"], size=c["size"],
+                   train=TrainConfig(epochs=c["epochs"], seed=c["seed"]))
+    res = run_training(spec, ctx.run_dir, resume=True)  # resumes from the last epoch if interrupted
+    return {"test": res.metrics["test"], "attack_identities": res.metrics.get("attack_identities"),
+            "train_seconds": res.metrics["train_seconds"]}
+
+
+def _siamese_cfg(c: dict[str, Any]) -> Any:
+    from privsplit.defenses.build import SiameseConfig
+    from privsplit.train.loops import TrainConfig
+
+    return SiameseConfig(train=TrainConfig(epochs=c["siamese_epochs"], lr=5e-4, warmup_fraction=0.0, seed=c["seed"]))
+
+
+def _embeddings(ctx: Context) -> list[dict[str, Any]]:
+    from privsplit.attacks.transfer import TransferConfig
+    from privsplit.report.experiments import embedding_table
+    from privsplit.report.plots import plot_attack_bars
+
+    c = ctx.cfg
+    art, p = ctx.run()
+    rows = embedding_table(ctx.run_dir, art, p, layers=c["layers"], data=ctx.attack_data(), siamese=_siamese_cfg(c),
+                           transfer=TransferConfig(epochs=c["attack_epochs"], seed=c["seed"]))
+    write_rows(ctx.figure("embeddings"), rows)
+    plot_attack_bars(rows, ctx.figure("fig_transfer_attack.png"),
+                     title=f"Identity transfer attack on {art.manifest['dataset']['label']}")
+    return rows
+
+
+def _tradeoff(ctx: Context) -> list[dict[str, Any]]:
+    from privsplit.attacks.transfer import TransferConfig
+    from privsplit.defenses.build import build_embedding, cached_siamese
+    from privsplit.report.experiments import noise_tradeoff
+    from privsplit.report.plots import plot_tradeoff
+
+    c = ctx.cfg
+    art, p = ctx.run()
+    data = ctx.attack_data()
+    transfer = TransferConfig(epochs=c["attack_epochs"], seed=c["seed"]) if c["tradeoff_transfer"] else None
+    rows: list[dict[str, Any]] = []
+    for layer in c["tradeoff_layers"]:
+        tuned = cached_siamese(ctx.run_dir, art, p.train, layer=layer, cfg=_siamese_cfg(c))
+        for kind in ("noisy-reduced-simple", "advanced"):
+            emb = build_embedding(kind, art.model, layer=layer, train=p.train, column=art.primary, sigma=1.0,
+                                  tuned=tuned, noise_seed=c["seed"], progress=False)
+            rows += noise_tradeoff(emb, c["sigmas"], test=p.test, attack=data, primary=art.primary,
+                                   transfer=transfer, seed=c["seed"])
+    write_rows(ctx.figure("tradeoff"), rows)
+    unprotected = ctx.results["train"]["test"]["accuracy"]
+    last = c["tradeoff_layers"][-1]
+    ceiling = rows[0]["rank_privacy_ceiling"]
+    plot_tradeoff({k: [r for r in rows if r["embedding"] == k and r["layer"] == last]
+                   for k in ("noisy-reduced-simple", "advanced")}, ctx.figure("fig_tradeoff.png"),
+                  unprotected_accuracy=unprotected, ceiling=ceiling, title=f"Accuracy-privacy trade-off at {last}")
+    plot_tradeoff({f"advanced @ {lay}": [r for r in rows if r["embedding"] == "advanced" and r["layer"] == lay]
+                   for lay in c["tradeoff_layers"]}, ctx.figure("fig_tradeoff_layers.png"),
+                  unprotected_accuracy=unprotected, ceiling=ceiling, title="Advanced embedding per layer")
+    return rows
+
+
+def _report(ctx: Context) -> dict[str, str]:
+    from privsplit.report.render import render_report
+
+    md, page = render_report(ctx)
+    return {"markdown": str(md), "html": str(page)}
+
+
+STAGES: list[Stage] = [
+    Stage("train", _train, lambda c: c["epochs"] * _estimate_epoch_s(c) / 60),
+    Stage("embeddings", _embeddings,
+          lambda c: len(c["layers"]) * (c["siamese_epochs"] * _estimate_epoch_s(c) + 4 * 60) / 60),
+    Stage("tradeoff", _tradeoff, lambda c: len(c["tradeoff_layers"]) * 2 * len(c["sigmas"]) * 10 / 60),
+    Stage("report", _report, lambda c: 0.1),
+]
