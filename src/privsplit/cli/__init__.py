@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import typer
 
-from privsplit.cli import demo, evaluate, train
+from privsplit.cli import cost, demo, evaluate, export, train
 
 app = typer.Typer(help="privsplit: privacy-preserving split inference (Osia et al. 2017).",
                   no_args_is_help=True, pretty_exceptions_enable=False)
-for _mod in (train, evaluate, demo):
+for _mod in (train, evaluate, demo, export, cost):
     _mod.register(app)
 
 
