@@ -22,6 +22,7 @@ n_train = 15
 tradeoff_layers = ["conv5_3"]
 sigmas = [0.0, 1.0]
 tradeoff_transfer = false
+cost_models = []  # the cost stage has its own tests (tests/test_cost.py); it needs fresh processes
 seed = 0
 """
 
@@ -63,6 +64,8 @@ def test_resume_skips_finished_stages_and_reproduces(runs):
     root, _ = runs
     stages = root / "resumed" / "stages"
     assert sorted(p.stem for p in stages.glob("*.json")) == ["embeddings", "train"]
+    assert json.loads((root / "full" / "stages" / "cost.json").read_text())["result"] == {
+        "skipped": "no cost_models in the config"}
     before = {p.name: p.stat().st_mtime_ns for p in stages.glob("*.json")}
     reproduce("synthetic", root / "resumed", config=root / "tiny.toml")
     assert {p.name: p.stat().st_mtime_ns for p in stages.glob("*.json") if p.name in before} == before

@@ -67,8 +67,9 @@ def demo(
                                           info={"run": str(out)})
 
     console.rule("3/4 device client -> OIP v2 analyzer service (loopback)")
-    images = [p.test.manifest.root / path for path in p.test.manifest.paths[:8]]
-    truth = [art.classes[int(v)] for v in p.test.labels[art.primary][:8]]
+    picks = [round(i * (len(p.test) - 1) / 7) for i in range(8)]  # spread over different people
+    images = [p.test.manifest.root / p.test.manifest.paths[i] for i in picks]
+    truth = [art.classes[int(p.test.labels[art.primary][i])] for i in picks]
     with ServerThread(create_app(server_dir, api_keys=[])) as server:
         preds = Client(load_client_bundle(client_dir), server.url).infer(images)
     sent = Table(title=f"sent {len(images)} held-out faces; only {embs['advanced'].transmitted_shape(art.preprocess.size)[0]}"

@@ -76,14 +76,16 @@ class Stage:
     name: str
     run: Callable[[Context], Any]
     minutes: Callable[[dict[str, Any]], float]  # rough estimate on a 2-core machine, shown before the stage
+    keys: tuple[str, ...] = ()  # config keys the stage depends on (with its upstream stages' hashes)
 
 
 def _estimate_epoch_s(cfg: dict[str, Any]) -> float:
     return {"lfw": 30.0, "ckplus": 2.0, "synthetic": 4.0}.get(cfg["dataset"], 30.0)
 
 
-def _stage_hash(cfg: dict[str, Any], name: str, upstream: list[str]) -> str:
-    body = json.dumps({"cfg": cfg, "stage": name, "upstream": upstream}, sort_keys=True)
+def _stage_hash(cfg: dict[str, Any], stage: Stage, upstream: list[str]) -> str:
+    relevant = {k: cfg.get(k) for k in stage.keys} if stage.keys else cfg
+    body = json.dumps({"cfg": relevant, "stage": stage.name, "upstream": upstream}, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
@@ -110,7 +112,7 @@ def reproduce(dataset: str, out: str | Path, *, quick: bool = False, config: str
     hashes: list[str] = []
     t_all = time.perf_counter()
     for i, stage in enumerate(stages, start=1):
-        key = _stage_hash(cfg, stage.name, hashes)
+        key = _stage_hash(cfg, stage, hashes if stage.name == "report" else hashes[:1])
         hashes.append(key)
         state = out / "stages" / f"{stage.name}.json"
         if state.exists() and json.loads(state.read_text()).get("hash") == key:

@@ -73,6 +73,28 @@ def _tradeoff(ctx: Context) -> list[dict[str, Any]]:
     return rows
 
 
+def _cost(ctx: Context) -> dict[str, Any]:
+    from privsplit.defenses.build import PAPER_DIMS
+    from privsplit.edge.cost import ModelSpec, acceptance, run_cost
+
+    c = ctx.cfg
+    models = [ModelSpec.parse(m) for m in c.get("cost_models", [])]
+    if not models:
+        return {"skipped": "no cost_models in the config"}
+    simple = {r["layer"]: r.get("transfer_top1", r["nn_top1"]) for r in ctx.results.get("embeddings", [])
+              if r["embedding"] == "simple"}
+    result = run_cost(models, ctx.out / "cost", runs=c.get("cost_runs", 60), figures=ctx.out / "figures",
+                      privacy={c["arch"]: simple} if simple else None, seed=c["seed"])
+    split = {"vgg16": "conv5_3", "vgg_s": "conv5"}
+    ratios = {m.label: acceptance(result, model_key=m.key,
+                                  split_key=f"{split[m.arch]}-reduced{PAPER_DIMS[split[m.arch]]}") for m in models}
+    return {"ratios": ratios, "figures": result.get("figures"),
+            "configs": [{"model": r["model"], "config": r["config"], "upload_bytes": r["upload_bytes"],
+                         "macs": r["macs"], "onnx_bytes": r["onnx_bytes"], "load_ms": r["onnx"]["load_ms"],
+                         "peak_bytes": r["onnx"]["peak_bytes"], "latency_ms": r["onnx"]["latency"]["median_ms"]}
+                        for r in result["configs"] if "onnx" in r]}
+
+
 def _report(ctx: Context) -> dict[str, str]:
     from privsplit.report.render import render_report
 
@@ -81,9 +103,15 @@ def _report(ctx: Context) -> dict[str, str]:
 
 
 STAGES: list[Stage] = [
-    Stage("train", _train, lambda c: c["epochs"] * _estimate_epoch_s(c) / 60),
+    Stage("train", _train, lambda c: c["epochs"] * _estimate_epoch_s(c) / 60,
+          ("dataset", "arch", "width", "size", "epochs", "seed")),
     Stage("embeddings", _embeddings,
-          lambda c: len(c["layers"]) * (c["siamese_epochs"] * _estimate_epoch_s(c) + 4 * 60) / 60),
-    Stage("tradeoff", _tradeoff, lambda c: len(c["tradeoff_layers"]) * 2 * len(c["sigmas"]) * 10 / 60),
+          lambda c: len(c["layers"]) * (c["siamese_epochs"] * _estimate_epoch_s(c) + 4 * 60) / 60,
+          ("layers", "siamese_epochs", "attack_epochs", "per_identity", "n_train", "seed")),
+    Stage("tradeoff", _tradeoff, lambda c: len(c["tradeoff_layers"]) * 2 * len(c["sigmas"]) * 10 / 60,
+          ("tradeoff_layers", "sigmas", "tradeoff_transfer", "siamese_epochs", "attack_epochs", "per_identity",
+           "n_train", "seed")),
+    Stage("cost", _cost, lambda c: 2 + 10 * sum(":224" in m for m in c.get("cost_models", [])),
+          ("cost_models", "cost_runs", "arch", "layers", "seed")),
     Stage("report", _report, lambda c: 0.1),
 ]
