@@ -7,3 +7,9 @@ from privsplit.attacks.transfer import NearestNeighborAttack, TransferAttack, Tr
 
 __all__ = ["Attack", "AttackResult", "Figure", "wilson_interval", "primary_label_floor", "received_features",
            "NearestNeighborAttack", "TransferAttack", "TransferConfig"]
+
+from privsplit.attacks.reconstruction import (  # noqa: E402
+    Decoder, ReconConfig, ReconstructionAttack, save_reconstruction_grid,
+)
+
+__all__ += ["Decoder", "ReconConfig", "ReconstructionAttack", "save_reconstruction_grid"]

@@ -8,3 +8,7 @@ from privsplit.metrics.classification import (
 
 __all__ = ["ClassificationMetrics", "ClassificationReport", "accuracy", "balanced_accuracy",
            "classification_report", "confusion_matrix", "per_class_recall"]
+
+from privsplit.metrics.image import psnr, ssim  # noqa: E402
+
+__all__ += ["psnr", "ssim"]
