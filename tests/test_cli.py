@@ -61,6 +61,10 @@ def test_embed_and_attack(trained):
     assert res.exit_code == 0, res.output
     rank = json.loads((bundle / "attacks" / "rank.json").read_text())
     assert 0 <= rank["rank_privacy"] <= 1 and rank["identities"] == 4
+    res = runner.invoke(app, ["attack", str(bundle), "--kind", "reconstruction", "--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    recon = json.loads((bundle / "attacks" / "reconstruction.json").read_text())
+    assert 0 < recon["figures"]["ssim"]["value"] <= 1 and (bundle / "attacks" / "reconstruction.png").exists()
 
 
 def test_friendly_errors(tmp_path):

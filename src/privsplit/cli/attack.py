@@ -26,7 +26,7 @@ def attack(
     bundle: Path = typer.Argument(..., help="Bundle folder from `privsplit embed` (holding client/ and server/)."),
     kind: str = typer.Option("transfer", help=" | ".join(KINDS)),
     run: Path = typer.Option(None, help="Run folder with the data and splits (default: the bundle's run)."),
-    epochs: int = typer.Option(40, help="Transfer attack: training epochs of the attacker's head."),
+    epochs: int = typer.Option(40, help="Training epochs of the attacker's head (transfer) or decoder (reconstruction)."),
     head: str = typer.Option("analyzer", help="Transfer attack head: analyzer (paper's N2) | mlp"),
     out: Path = typer.Option(None, "--out", "-o", help="Folder for JSON results (default BUNDLE/attacks)."),
     data_root: str = typer.Option(None),
@@ -66,13 +66,18 @@ def attack(
         table.add_column("primary-label ceiling")
         table.add_row(f"{value:.3f}", f"{ceiling:.3f}")
     else:
-        from privsplit.attacks.reconstruction import run_reconstruction  # optional heavy extra
+        from privsplit.attacks.reconstruction import ReconConfig, ReconstructionAttack, save_reconstruction_grid
 
-        row = run_reconstruction(emb, train=p.train, test=data.test, out=out)
+        attack = ReconstructionAttack(emb, config=ReconConfig(epochs=epochs)).fit(p.train)
+        res = attack.evaluate(p.attack, column=art.manifest["sensitive"], primary=primary)
+        originals, recon = attack.reconstructions(p.attack.subset(range(0, len(p.attack), max(1, len(p.attack) // 8))), 8)
+        save_reconstruction_grid(originals, {client.kind: recon}, out / "reconstruction.png")
+        row = res.to_dict()
         table.add_column("figure")
-        table.add_column("value")
-        for k, v in row.items():
-            table.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
+        table.add_column("value [95% CI]")
+        for name, fig in res.figures.items():
+            fmt = (lambda v: f"{v:.3f}") if name in ("ssim", "psnr") else (lambda v: f"{v:.1%}")
+            table.add_row(name, f"{fmt(fig.value)} [{fmt(fig.ci95[0])}, {fmt(fig.ci95[1])}]")
     (out / f"{kind}.json").write_text(json.dumps(row, indent=1))
     console.print(table)
     console.print(f"results: {out / (kind + '.json')}")
