@@ -35,11 +35,12 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=15)
     ap.add_argument("--no-transfer", action="store_true", help="only the 1-NN attack (fast)")
     ap.add_argument("--head", default="auto", help="transfer-attack head: auto | analyzer | conv | mlp")
+    ap.add_argument("--group", default=None, help="column grouping near-duplicates (CK+: sequence)")
     args = ap.parse_args()
     torch.manual_seed(0)
     args.out.mkdir(parents=True, exist_ok=True)
     art, p = load_run(args.run)
-    data = attack_data(p.attack, per_identity=args.per_identity, n_train=args.n_train)
+    data = attack_data(p.attack, per_identity=args.per_identity, n_train=args.n_train, group=args.group)
     transfer = None if args.no_transfer else TransferConfig(epochs=args.attack_epochs, head=args.head)
     siamese = SiameseConfig(train=TrainConfig(epochs=args.siamese_epochs, lr=5e-4, warmup_fraction=0.0))
     t0 = time.perf_counter()
@@ -57,7 +58,7 @@ def main() -> None:
     lines = [f"# Embeddings on {label}: primary accuracy and identity attacks", "",
              f"Command: `python benchmarks/paper_embeddings.py --run {args.run} --layers {' '.join(args.layers)} "
              f"--out {args.out} --siamese-epochs {args.siamese_epochs} --per-identity {args.per_identity} "
-             f"--n-train {args.n_train} --head {args.head}`{' --no-transfer' if transfer is None else ''} "
+             f"--n-train {args.n_train} --head {args.head}{' --group ' + args.group if args.group else ''}`{' --no-transfer' if transfer is None else ''} "
              f"({time.perf_counter() - t0:.0f} s on 2 shared cores)", "",
              f"Primary task `{art.primary}`, evaluated on held-out identities ({len(p.test)} images). "
              f"Attacks: {data.train.images.shape[0]} attacker images / {data.test.images.shape[0]} test images of "

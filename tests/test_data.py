@@ -110,6 +110,23 @@ def test_identity_disjoint_split_roundtrip(tmp_path):
     assert not np.array_equal(identity_disjoint_split(ids, seed=2).test, s.test)
 
 
+def test_per_identity_split_balanced_and_grouped():
+    from privsplit.data import per_identity_split
+
+    ids = ["a"] * 25 + ["b"] * 20 + ["c"] * 3
+    tr, te = per_identity_split(ids, per_identity=20, n_train=15, seed=0)
+    assert len(tr) == 30 and len(te) == 10 and not set(tr) & set(te)
+    assert sorted(np.unique(np.asarray(ids)[te], return_counts=True)[1].tolist()) == [5, 5]  # balanced, no 'c'
+    # CK+-like: 3 near-identical frames per sequence; a sequence must never be split across train/test
+    ids = [f"s{i}" for i in range(4) for _ in range(12)]
+    seqs = [f"s{i}_{k // 3}" for i in range(4) for k in range(12)]
+    tr, te = per_identity_split(ids, per_identity=12, n_train=9, groups=seqs, seed=1)
+    assert not set(np.asarray(seqs)[tr]) & set(np.asarray(seqs)[te])
+    assert len(te) == 12 and len(tr) == 36
+    with pytest.raises(ValueError, match="n_train=20 must be between 1 and per_identity-1=19"):
+        per_identity_split(ids, per_identity=20, n_train=20)
+
+
 def test_celeba_layout(tmp_path):
     (tmp_path / "img_align_celeba").mkdir()
     for i in range(1, 4):

@@ -12,7 +12,7 @@ from privsplit.cli.common import console, friendly_errors
 from privsplit.defenses.bundles import embedding_from_bundles, load_client_bundle, load_server_bundle
 from privsplit.metrics.rank import primary_label_ceiling
 from privsplit.report.experiments import attack_data, identity_attacks, rank_privacy_of
-from privsplit.train.run import load_run
+from privsplit.train.run import attack_group, load_run
 
 KINDS = ("transfer", "nn", "rank", "reconstruction")
 
@@ -40,7 +40,7 @@ def attack(
     art, p = load_run(run, data_root=data_root)
     if not len(p.attack):
         raise ValueError(f"run {run} has no attack identities (identities with enough images)")
-    data = attack_data(p.attack)
+    data = attack_data(p.attack, group=attack_group(art))
     primary, out = art.primary, out or bundle / "attacks"
     out.mkdir(parents=True, exist_ok=True)
     table = Table(title=f"{kind} attack on {client.kind} at {client.layer} ({art.manifest['dataset']['label']})")

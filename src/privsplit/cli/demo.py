@@ -55,7 +55,7 @@ def demo(
     show_run(result.metrics, result.folder)
 
     console.rule("2/4 embeddings")
-    from privsplit.train.run import load_run
+    from privsplit.train.run import attack_group, load_run
 
     art, p = load_run(out, progress=False)
     tuned = cached_siamese(out, art, p.train, layer=layer, cfg=SiameseConfig(
@@ -81,7 +81,7 @@ def demo(
     console.print(sent)
 
     console.rule("4/4 identity attacks (small budget)")
-    data = attack_data(p.attack)
+    data = attack_data(p.attack, group=attack_group(art))
     transfer = TransferConfig(epochs=budget["attack_epochs"], lrs=(1e-3,))
     rows = {}
     for kind, emb in embs.items():

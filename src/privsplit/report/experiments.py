@@ -31,9 +31,10 @@ class AttackData:
     """The attacker's balanced images: ``train`` (to fit attacks) and ``test`` (to evaluate), plus ``all``."""
 
     def __init__(self, all_images: FaceData, *, per_identity: int = 20, n_train: int = 15, seed: int = 0,
-                 sensitive: str = "identity") -> None:
+                 sensitive: str = "identity", group: str | None = None) -> None:
+        groups = all_images.manifest.column(group) if group else None
         tr, te = per_identity_split(all_images.manifest.column(sensitive), per_identity=per_identity,
-                                    n_train=n_train, seed=seed)
+                                    n_train=n_train, seed=seed, groups=groups)
         self.all, self.train, self.test = all_images, all_images.subset(tr), all_images.subset(te)
 
 

@@ -64,7 +64,7 @@ class Context:
 
         _, p = self.run()
         return attack_data(p.attack, per_identity=self.cfg["per_identity"], n_train=self.cfg["n_train"],
-                           seed=self.cfg["seed"])
+                           seed=self.cfg["seed"], group=self.cfg.get("attack_group"))
 
     def figure(self, name: str) -> Path:
         (self.out / "figures").mkdir(parents=True, exist_ok=True)

@@ -20,12 +20,14 @@ from privsplit.models.vgg import VGGConfig, build_model
 from privsplit.train.artifacts import save_model
 from privsplit.train.loops import TrainConfig, evaluate, train_classifier
 
-__all__ = ["RunSpec", "RunResult", "DATASET_DEFAULTS", "prepare_data", "run_training"]
+__all__ = ["RunSpec", "RunResult", "DATASET_DEFAULTS", "prepare_data", "run_training", "load_run", "attack_group"]
 
 #: per-dataset defaults: primary column, sensitive column, architecture, input size, attack split rule
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "lfw": {"primary": "gender", "arch": "vgg16", "size": 64, "attack_min_images": 20, "attack_count": None},
-    "ckplus": {"primary": "expression", "arch": "vgg_s", "size": 48, "attack_min_images": 12, "attack_count": 20},
+    # CK+: 3 near-identical frames per sequence, so attacker train/test images never share a sequence
+    "ckplus": {"primary": "expression", "arch": "vgg_s", "size": 48, "attack_min_images": 12, "attack_count": 20,
+               "attack_group": "sequence"},
     "synthetic": {"primary": "gender", "arch": "vgg16", "size": 64, "attack_min_images": 20, "attack_count": 20},
     "celeba": {"primary": "gender", "arch": "vgg16", "size": 64, "attack_min_images": 30, "attack_count": 100},
 }
@@ -131,3 +133,8 @@ def load_run(folder: str | Path, *, data_root: str | None = None, progress: bool
     splits = Splits.from_json(folder / art.manifest["splits"], data.manifest.column(run["sensitive"]))
     return art, PreparedData(data, splits, data.subset(splits.train), data.subset(splits.test),
                              data.subset(splits.attack))
+
+
+def attack_group(art: Any) -> str | None:
+    """The column that groups near-duplicate images of the run's dataset (CK+: ``sequence``), if any."""
+    return DATASET_DEFAULTS.get(art.manifest["run"]["dataset"], {}).get("attack_group")
