@@ -97,24 +97,30 @@ def per_identity_split(identities: Sequence[str], *, per_identity: int = 20, n_t
         raise ValueError(f"n_train={n_train} must be between 1 and per_identity-1={per_identity - 1}")
     rng = np.random.default_rng(seed)
     ids = np.asarray(identities)
-    grp = np.asarray(groups) if groups is not None else np.arange(len(ids)).astype(str)
     train, test = [], []
     for name in sorted(set(identities)):
         rows = np.flatnonzero(ids == name)
-        names = sorted(set(grp[rows]))
-        if len(rows) < per_identity or len(names) < 2:
+        if len(rows) < per_identity:
+            continue
+        if groups is None:
+            pick = rng.permutation(rows)[:per_identity]
+            train.extend(pick[:n_train])
+            test.extend(pick[n_train:])
+            continue
+        grp = np.asarray(groups)[rows]
+        names = sorted(set(grp))
+        if len(names) < 2:
             continue
         rng.shuffle(names)
         test_rows: list[int] = []
         for g in names:
             if len(test_rows) >= per_identity - n_train:
                 break
-            test_rows.extend(rows[grp[rows] == g])
+            test_rows.extend(rows[grp == g])
         rest = rng.permutation(np.setdiff1d(rows, test_rows))[:n_train]
-        if len(rest) < n_train:
-            continue
-        train.extend(rest)
-        test.extend(test_rows[: per_identity - n_train] if groups is None else test_rows)
+        if len(rest) == n_train:
+            train.extend(rest)
+            test.extend(test_rows)
     if not train:
         raise ValueError(f"no identity has {per_identity} images; lower per_identity")
     return np.sort(np.asarray(train)), np.sort(np.asarray(test))
