@@ -14,7 +14,7 @@ def _train(ctx: Context) -> dict[str, Any]:
 
     c = ctx.cfg
     spec = RunSpec(dataset=c["dataset"], arch=c["arch"], width=c["width"], size=c["size"],
-                   train=TrainConfig(epochs=c["epochs"], seed=c["seed"]))
+                   train=TrainConfig(epochs=c["epochs"], batch_size=c.get("batch_size", 64), seed=c["seed"]))
     res = run_training(spec, ctx.run_dir, resume=True)  # resumes from the last epoch if interrupted
     return {"test": res.metrics["test"], "attack_identities": res.metrics.get("attack_identities"),
             "train_seconds": res.metrics["train_seconds"]}
@@ -104,7 +104,7 @@ def _report(ctx: Context) -> dict[str, str]:
 
 STAGES: list[Stage] = [
     Stage("train", _train, lambda c: c["epochs"] * _estimate_epoch_s(c) / 60,
-          ("dataset", "arch", "width", "size", "epochs", "seed")),
+          ("dataset", "arch", "width", "size", "epochs", "batch_size", "seed")),
     Stage("embeddings", _embeddings,
           lambda c: len(c["layers"]) * (c["siamese_epochs"] * _estimate_epoch_s(c) + 4 * 60) / 60,
           ("layers", "siamese_epochs", "attack_epochs", "per_identity", "n_train", "attack_group", "seed")),
