@@ -41,7 +41,12 @@ def demo(
     from privsplit.defenses.build import SiameseConfig, build_embedding, cached_siamese
     from privsplit.report.experiments import attack_data, identity_attacks
     from privsplit.runtime.client import Client
-    from privsplit.runtime.server import ServerThread, create_app
+
+    try:
+        from privsplit.runtime.server import ServerThread, create_app
+    except ImportError as exc:  # the analyzer service is an extra
+        raise ValueError(f"privsplit demo serves the analyzer and needs the serve extra ({exc.name} is missing): "
+                         "pip install -e '.[serve]'") from None
     from privsplit.train.loops import TrainConfig, evaluate
     from privsplit.train.run import RunSpec, run_training
 
