@@ -33,6 +33,15 @@ def _dataset_dir(name: str):
     return path
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: intra-op threads only add spin-wait contention on the 2 shared CI cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def lfw_dir():
     return _dataset_dir("lfw_gender")

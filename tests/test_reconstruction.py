@@ -20,13 +20,7 @@ from privsplit.models import vgg16  # noqa: E402
 TINY = ReconConfig(epochs=12, batch_size=8, width=32, min_width=16, hidden=64, lr=3e-3, identity=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny convolutions: one thread avoids oversubscription on a shared CPU (10x faster there)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: threads only add contention
 
 
 # -- metrics ------------------------------------------------------------------------------------------

@@ -13,13 +13,7 @@ from privsplit.defenses.reduction import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matmuls: intra-op threads only add spin-wait contention on the shared CI cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: threads only add contention
 
 
 def _features(n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:

@@ -13,6 +13,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 __all__ = ["plot_attack_bars", "plot_tradeoff"]
 
 
+def _save(fig: Any, ax: Any, path: str | Path, title: str) -> Path:
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_attack_bars(rows: Sequence[dict[str, Any]], path: str | Path, *, metric: str = "transfer_top1",
                      title: str = "Identity attack accuracy (transfer learning)") -> Path:
     """Grouped bars: one group per layer, one bar per embedding (the paper's Fig. 9 / 12a)."""
@@ -31,12 +40,7 @@ def plot_attack_bars(rows: Sequence[dict[str, Any]], path: str | Path, *, metric
         ax.axhline(floor, color="gray", ls=":", lw=1, label=f"primary-label floor ({floor:.1f}%)")
     ax.set_xticks([i + width * (len(kinds) - 1) / 2 for i in range(len(layers))], layers)
     ax.set_ylabel("identity top-1 accuracy (%)")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, ax, path, title)
 
 
 def plot_tradeoff(curves: dict[str, Sequence[dict[str, Any]]], path: str | Path, *, privacy: str = "rank_privacy",
@@ -55,9 +59,4 @@ def plot_tradeoff(curves: dict[str, Sequence[dict[str, Any]]], path: str | Path,
         ax.axvline(ceiling, color="gray", ls=":", lw=1, label="primary-label ceiling")
     ax.set_xlabel("identity privacy (" + privacy.replace("_", " ") + ")")
     ax.set_ylabel("primary accuracy (%)")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, ax, path, title)
