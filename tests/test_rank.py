@@ -203,8 +203,9 @@ def test_primary_label_ceiling_hand_example():
     # integer tensors work the same
     assert primary_label_ceiling(torch.tensor([0, 0, 1, 2, 3, 4, 4, 4]), torch.tensor([1, 1, 1, 1, 0, 0, 0, 0])) \
         == pytest.approx(0.15)
-    with pytest.raises(ValueError, match="different primary labels"):
-        primary_label_ceiling(["A", "A", "B"], ["M", "F", "M"])
+    # a class with two primary labels (a person with two expressions) counts in both groups:
+    # M: classes {A, B} -> K=2 -> rank 0.5; F: {A} -> K=1 -> rank 0; T=2
+    assert primary_label_ceiling(["A", "A", "B"], ["M", "F", "M"]) == pytest.approx((0.25 + 0 + 0.25) / 3)
     with pytest.raises(ValueError):
         primary_label_ceiling(["A", "B"], ["M"])
 

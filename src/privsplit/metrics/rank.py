@@ -275,20 +275,17 @@ def primary_label_ceiling(classes: Any, primary: Any, *, log: bool = False) -> f
     ``0..K_p-1``, i.e. ``lgamma(K_p + 1) / K_p / log(T)``). This is the privacy an embedding attains
     if it leaks the primary label perfectly and nothing else about the class.
 
-    ``classes`` and ``primary`` are per-point labels (same length); every class must carry exactly one
-    primary label (ValueError otherwise). A missing primary label must be given as an explicit value
-    (e.g. ``""`` or ``-1``); it is treated as a primary label group of its own.
+    ``classes`` and ``primary`` are per-point labels (same length). A class may carry several primary
+    labels (CK+: one person shows several expressions): ``K_p`` then counts the classes with at least
+    one point labelled ``p``, the identities such an attacker must choose among. A missing primary
+    label must be given as an explicit value (e.g. ``""`` or ``-1``); it is a group of its own.
     """
     codes, t = _encode_labels(classes, None, "classes")
     pcodes, p = _encode_labels(primary, codes.numel(), "primary")
     if codes.numel() == 0:
         raise ValueError("no points")
-    lo = torch.full((t,), p, dtype=torch.int64).scatter_reduce(0, codes, pcodes, reduce="amin")
-    hi = torch.full((t,), -1, dtype=torch.int64).scatter_reduce(0, codes, pcodes, reduce="amax")
-    if bool((lo != hi).any()):
-        bad = int(torch.nonzero(lo != hi)[0, 0])
-        raise ValueError(f"class code {bad} has points with different primary labels")
-    k_per_primary = torch.bincount(lo, minlength=p).to(torch.float64)  # classes per primary label
+    pairs = torch.unique(codes * p + pcodes)  # distinct (class, primary label) combinations
+    k_per_primary = torch.bincount(pairs % p, minlength=p).to(torch.float64)  # classes per primary label
     k = k_per_primary[pcodes]  # K_p per point
     if log:
         if t == 1:
