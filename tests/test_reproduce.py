@@ -22,6 +22,8 @@ n_train = 15
 tradeoff_layers = ["conv5_3"]
 sigmas = [0.0, 1.0]
 tradeoff_transfer = false
+recon_epochs = 1
+recon_sigma = 0.5
 cost_models = []  # the cost stage has its own tests (tests/test_cost.py); it needs fresh processes
 seed = 0
 """
@@ -51,10 +53,11 @@ def test_report_has_every_section(runs):
     root, report = runs
     text = report.read_text()
     for needle in ("## Primary model", "Table I/II analogue", "Fig. 9/12a analogue", "Fig. 10/12b analogue",
+                   "Fig. 11 analogue",
                    "synthetic faces", "primary-label floor"):
         assert needle in text, needle
     html = (root / "full" / "report.html").read_text()
-    assert html.count("data:image/png;base64,") >= 2  # figures embedded: the page is self-contained
+    assert html.count("data:image/png;base64,") >= 3  # figures embedded: the page is self-contained
     rows = json.loads((root / "full" / "figures" / "embeddings.json").read_text())
     assert [r["embedding"] for r in rows] == ["simple", "reduced-simple", "siamese", "reduced-siamese"]
     assert (root / "full" / "figures" / "tradeoff.csv").read_text().startswith("embedding,layer,sigma")

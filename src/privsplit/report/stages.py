@@ -73,6 +73,32 @@ def _tradeoff(ctx: Context) -> list[dict[str, Any]]:
     return rows
 
 
+def _reconstruction(ctx: Context) -> list[dict[str, Any]]:
+    from privsplit.attacks.reconstruction import ReconConfig, ReconstructionAttack, save_reconstruction_grid
+    from privsplit.defenses.build import build_embedding, cached_siamese
+
+    c = ctx.cfg
+    if not c.get("recon_epochs"):
+        return []
+    art, p = ctx.run()
+    layer = c["layers"][-1]
+    tuned = cached_siamese(ctx.run_dir, art, p.train, layer=layer, cfg=_siamese_cfg(c))
+    show = p.attack.subset(range(0, len(p.attack), max(1, len(p.attack) // 8))[:8])
+    rows, grid, originals = [], {}, None
+    for kind in ("simple", "siamese", "advanced"):
+        emb = build_embedding(kind, art.model, layer=layer, train=p.train, column=art.primary, sigma=c["recon_sigma"],
+                              tuned=tuned, noise_seed=c["seed"], progress=False)
+        attack = ReconstructionAttack(emb, config=ReconConfig(epochs=c["recon_epochs"], seed=c["seed"])).fit(p.train)
+        res = attack.evaluate(p.attack, column=art.manifest["sensitive"], primary=art.primary)
+        originals, grid[kind] = attack.reconstructions(show)
+        rows.append({"embedding": kind, "layer": layer, **{k: f.value for k, f in res.figures.items()},
+                     **{f"{k}_ci95": list(f.ci95) for k, f in res.figures.items()}})
+    save_reconstruction_grid(originals, grid, ctx.figure("fig_reconstruction.png"),
+                             title=f"{layer} reconstructions of held-out people (first row: originals)")
+    write_rows(ctx.figure("reconstruction"), rows)
+    return rows
+
+
 def _cost(ctx: Context) -> dict[str, Any]:
     from privsplit.defenses.build import PAPER_DIMS
     from privsplit.edge.cost import ModelSpec, acceptance, run_cost
@@ -111,6 +137,8 @@ STAGES: list[Stage] = [
     Stage("tradeoff", _tradeoff, lambda c: len(c["tradeoff_layers"]) * 2 * len(c["sigmas"]) * 10 / 60,
           ("tradeoff_layers", "sigmas", "tradeoff_transfer", "siamese_epochs", "attack_epochs", "per_identity",
            "n_train", "attack_group", "seed")),
+    Stage("reconstruction", _reconstruction, lambda c: 3 * c.get("recon_epochs", 0) * _estimate_epoch_s(c) / 60,
+          ("layers", "siamese_epochs", "recon_epochs", "recon_sigma", "seed")),
     Stage("cost", _cost, lambda c: 2 + 10 * sum(":224" in m for m in c.get("cost_models", [])),
           ("cost_models", "cost_runs", "arch", "layers", "seed")),
     Stage("report", _report, lambda c: 0.1),
