@@ -188,7 +188,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if not args.no_docs:
-        cmd = "cd /work/wt-rank && PYTHONPATH=src python3 benchmarks/bench_rank.py"
+        cmd = "python benchmarks/bench_rank.py"
         block = f"{START}\nCommand: `{cmd}`\n\n{table}\n{END}"
         text = DOC.read_text() if DOC.exists() else f"# Rank privacy metric\n\n## Benchmark\n\n{START}\n{END}\n"
         if START in text and END in text:
