@@ -271,9 +271,12 @@ def wire_bytes(bundles: dict[int, tuple[Path, Path]]) -> list[dict[str, object]]
 
 
 def jpeg_bytes(sample: int = 400) -> dict[str, float] | None:
-    root = Path(os.environ.get("PRIVSPLIT_DATA", ROOT.parent / "shared" / "data")) / "lfw_gender" / "images"
-    if not root.exists():
-        root = Path("/work/shared/data/lfw_gender/images")
+    from privsplit.config import data_root
+
+    base = data_root()
+    if base is None:
+        return None
+    root = base / "lfw_gender" / "images"
     files = sorted(root.rglob("*.jpg"))
     if not files:
         return None
