@@ -20,6 +20,7 @@ def test_wilson_interval_reference_values():
     assert math.isclose(lo, 0.2366, abs_tol=1e-4) and math.isclose(hi, 0.7634, abs_tol=1e-4)
     assert wilson_interval(0, 50)[0] == 0.0 and 0 < wilson_interval(0, 50)[1] < 0.08
     assert str(Figure.proportion(1, 4)).startswith("25.0% [")
+    assert str(Figure(0.4431, (0.44, 0.4462), 10, percent=False)) == "0.443 [0.440, 0.446]"
 
 
 def test_primary_label_floor():

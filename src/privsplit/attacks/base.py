@@ -28,14 +28,16 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
 
 @dataclass(frozen=True)
 class Figure:
-    """One reported number with its 95% confidence interval."""
+    """One reported number with its 95% confidence interval; ``percent`` says how to print it."""
 
     value: float
     ci95: tuple[float, float]
     n: int
+    percent: bool = True
 
     def __str__(self) -> str:
-        return f"{self.value:.1%} [{self.ci95[0]:.1%}, {self.ci95[1]:.1%}]"
+        fmt = "{:.1%}" if self.percent else "{:.3f}"
+        return f"{fmt.format(self.value)} [{fmt.format(self.ci95[0])}, {fmt.format(self.ci95[1])}]"
 
     @classmethod
     def proportion(cls, successes: float, n: int) -> Figure:

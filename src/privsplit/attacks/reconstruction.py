@@ -88,10 +88,10 @@ def mean_figure(values: Tensor) -> Figure:
     v = v[torch.isfinite(v)]
     n = len(v)
     if n == 0:
-        return Figure(float("nan"), (float("nan"), float("nan")), 0)
+        return Figure(float("nan"), (float("nan"), float("nan")), 0, percent=False)
     m = float(v.mean())
     half = 1.96 * float(v.std()) / math.sqrt(n) if n > 1 else float("nan")
-    return Figure(m, (m - half, m + half), n)
+    return Figure(m, (m - half, m + half), n, percent=False)
 
 
 def _block(cin: int, cout: int, *, conv: bool) -> nn.Sequential:
