@@ -5,7 +5,8 @@ and inside functions), and checks that ``docs/architecture.md`` shows the table 
 from them, so the picture in the docs cannot drift from what is enforced. ``python tests/test_architecture.py``
 prints today's package graph and that table.
 
-To change the architecture, change this file (and paste the new table into the doc); say why in the rule.
+To change the architecture, change this file (say why in the rule), then run
+``python tests/architecture_rules.py`` to rewrite the tables in the doc.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ _TRAIN = FOUNDATION | {"data", "models", "metrics"}
 _DEFENSES = _TRAIN | {"train"}
 _ATTACKS = _DEFENSES | {"defenses"}
 _AUDIT = _ATTACKS | {"attacks"}
+_REPORT = _AUDIT | {"audit", "backbone", "edge"}
 
 #: subpackage (or top-level module) of privsplit -> (the other subpackages it may import, why).
 #: Its own subpackage and the package root ``privsplit`` (``__version__``) are always allowed.
@@ -34,6 +36,8 @@ LAYERS: dict[str, tuple[frozenset[str], str]] = {
     "data": (FOUNDATION, "faces, manifests, splits, preprocessing know no model, so one pipeline feeds "
                          "training, attacks and the device"),
     "train": (_TRAIN, "fits models on data; knows nothing of the defences and attacks built on top of it"),
+    "backbone": (_TRAIN | {"train"}, "identity-bearing pretraining (distillation, margin losses, converted "
+                                     "weights) built on train's loops; only report and cli use it"),
     "defenses": (_DEFENSES, "embeddings (Siamese fine-tuning uses train) and bundles; never sees an attack, so "
                             "no defence is tuned on the attacker's identities"),
     "attacks": (_ATTACKS, "the attacker holds the bundles (defenses) and trains heads (train); it knows "
@@ -45,21 +49,25 @@ LAYERS: dict[str, tuple[frozenset[str], str]] = {
     "runtime": (FOUNDATION | {"data", "models", "defenses"}, "the shipped halves (device client, service) load "
                                                             "bundles and preprocessing, nothing that trains, "
                                                             "attacks or reports"),
-    "report": (_AUDIT | {"edge"}, "the paper's tables and figures, computed in-process from every layer below; "
-                                  "never the CLI nor the network runtime"),
-    "cli": (frozenset({"registry", "config", "progress", "metrics", "models", "data", "train", "defenses",
-                       "attacks", "audit", "edge", "runtime", "report"}),
+    "report": (_REPORT, "the paper's tables and figures, computed in-process from every layer below; never "
+                        "the CLI nor the network runtime"),
+    "cli": (_REPORT | {"runtime", "report"},
             "the top: one module per command wiring the layers together; nothing imports it"),
 }
+
+#: the service's modules: the REST server, Triton, and (being split out on the serving branch) the shared
+#: service, its routes, the gRPC server and the worker processes
+SERVICE = ("privsplit.runtime.server", "privsplit.runtime.triton", "privsplit.runtime.service",
+           "privsplit.runtime.routes", "privsplit.runtime.grpc_server", "privsplit.runtime.workers")
 
 #: What the device client must never load (itself or through anything it imports). Also checked at run
 #: time: ``import privsplit.runtime.client`` in a fresh interpreter must leave none of these in sys.modules.
 CLIENT_DENY = ("privsplit.train", "privsplit.attacks", "privsplit.audit", "privsplit.report", "privsplit.cli",
-               "privsplit.defenses.build", "privsplit.runtime.server", "privsplit.runtime.triton",
-               "privsplit.runtime.batching", "fastapi", "starlette", "uvicorn", "pytriton", "typer")
+               "privsplit.backbone", "privsplit.defenses.build", *SERVICE, "privsplit.runtime.batching",
+               "privsplit.runtime.metrics", "fastapi", "starlette", "uvicorn", "pytriton", "typer")
 
 _SERVICE_DENY = ("privsplit.train", "privsplit.attacks", "privsplit.audit", "privsplit.report", "privsplit.cli",
-                 "privsplit.defenses.build", "privsplit.runtime.client", "typer")
+                 "privsplit.backbone", "privsplit.defenses.build", "privsplit.runtime.client", "typer")
 
 
 @dataclass(frozen=True)
@@ -85,7 +93,7 @@ RULES: tuple[Rule, ...] = (
     Rule("device-client", ("privsplit.runtime.client",), closure=True, deny=CLIENT_DENY,
          why="the phone ships the client and what it imports: no training, attack, audit, report, CLI, server "
              "or web-framework code"),
-    Rule("service", ("privsplit.runtime.server", "privsplit.runtime.triton"), closure=True, deny=_SERVICE_DENY,
+    Rule("service", SERVICE, closure=True, deny=_SERVICE_DENY,
          why="the analyzer service runs no training, attack, audit or report code, and never the device's "
              "extractor: it sees only what the device sends"),
     Rule("models-know-no-data", ("privsplit.models",), deny=("privsplit.data",),
@@ -103,7 +111,7 @@ RULES: tuple[Rule, ...] = (
 
 #: modules a rule names before they exist (being written on another branch): a rule whose ``who`` matches no
 #: module is an error (a renamed module would silently escape it) unless listed here
-PLANNED = frozenset({"privsplit.audit"})
+PLANNED = frozenset({"privsplit.audit", "privsplit.backbone"})
 
 #: (importing module, imported module prefix) -> why this edge is accepted although a rule forbids it.
 #: It is skipped by the direct checks and when following imports for a closure rule.
@@ -111,6 +119,9 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
     ("privsplit.metrics.image", "torchmetrics"):
         "reference SSIM/PSNR, imported inside the function; torchmetrics.functional is itself pure tensor "
         "functions",
+    ("privsplit.train.run", "privsplit.backbone"):
+        "`train --init BACKBONE` (backbone branch) loads the pretrained weights inside run_training, lazily; "
+        "backbone.init itself needs only models and train.artifacts. To drop this: move that loader into train/",
     ("privsplit.defenses", "privsplit.defenses.build"):
         "lazy re-export in defenses/__init__.py's __getattr__ of the training-side names (build_embedding...); "
         "the client and the service never ask for them (the sys.modules test proves it for the client)",
@@ -134,3 +145,14 @@ def markdown() -> str:
     lines += ["", "| accepted exception | why |", "|---|---|"]
     lines += [f"| `{a}` → `{b}` | {why} |" for (a, b), why in EXCEPTIONS.items()]
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python tests/architecture_rules.py: rewrite the tables in docs/architecture.md
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
+    text = doc.read_text()
+    head = "## The rules (rendered from `tests/architecture_rules.py`)\n\n"
+    start, end = text.index(head) + len(head), text.index("\n## Notes")
+    doc.write_text(text[:start] + markdown() + text[end:])
+    print(f"updated {doc}")
