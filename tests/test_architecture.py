@@ -46,13 +46,15 @@ def _is_type_checking(test: ast.expr) -> bool:
 
 
 class _Reader(ast.NodeVisitor):
-    def __init__(self, module: str, is_pkg: bool, file: Path, modules: set[str]) -> None:
-        self.module, self.is_pkg, self.file, self.modules = module, is_pkg, file, modules
-        self.found: list[Import] = []
+    """Collects (target, line, type_only) for every imported name of one module, wherever it sits."""
+
+    def __init__(self, module: str, is_pkg: bool, modules: frozenset[str]) -> None:
+        self.module, self.is_pkg, self.modules = module, is_pkg, modules
+        self.found: dict[tuple[str, int, bool], None] = {}  # ordered set: one entry per module a line names
         self._type_only = 0
 
     def _add(self, target: str, node: ast.stmt) -> None:
-        self.found.append(Import(self.module, target, self.file, node.lineno, self._type_only > 0))
+        self.found[(target, node.lineno, self._type_only > 0)] = None
 
     def visit_If(self, node: ast.If) -> None:
         if _is_type_checking(node.test):
@@ -83,9 +85,9 @@ class _Reader(ast.NodeVisitor):
 @functools.lru_cache(maxsize=None)
 def _parse(text: str, module: str, is_pkg: bool, modules: frozenset[str]) -> tuple[tuple[str, int, bool], ...]:
     # cached on the text: the temp copies in the tests below re-parse only the file they change
-    reader = _Reader(module, is_pkg, Path(), set(modules))
+    reader = _Reader(module, is_pkg, modules)
     reader.visit(ast.parse(text))
-    return tuple(dict.fromkeys((i.target, i.line, i.type_only) for i in reader.found))  # one per name a line
+    return tuple(reader.found)
 
 
 def read_imports(src: Path) -> tuple[set[str], list[Import]]:
