@@ -8,18 +8,19 @@ as JSON (and the tables as CSV) next to the PNGs.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import time
 import tomllib
-from collections.abc import Callable
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+
+# Context, Stage and write_rows live in report.context so that stages.py and render.py need not import this
+# module (which runs them): that was an import cycle pipeline -> stages -> render -> pipeline.
+from privsplit.report.context import Context, Stage, write_rows
 
 __all__ = ["Stage", "Context", "load_config", "reproduce", "write_rows"]
 
@@ -39,64 +40,10 @@ def load_config(dataset: str, *, quick: bool = False, path: str | Path | None = 
     return cfg
 
 
-@dataclass
-class Context:
-    cfg: dict[str, Any]
-    out: Path
-    results: dict[str, Any]
-    config_path: str | None = None
-    _run: tuple[Any, Any] | None = None
-
-    @property
-    def run_dir(self) -> Path:
-        return self.out / "model"
-
-    def run(self) -> tuple[Any, Any]:
-        """The trained model artifact and its data with the saved splits (loaded once)."""
-        if self._run is None:
-            from privsplit.train.run import load_run
-
-            self._run = load_run(self.run_dir, progress=False)
-        return self._run
-
-    def attack_data(self) -> Any:
-        from privsplit.report.experiments import attack_data
-
-        _, p = self.run()
-        return attack_data(p.attack, per_identity=self.cfg["per_identity"], n_train=self.cfg["n_train"],
-                           seed=self.cfg["seed"], group=self.cfg.get("attack_group"))
-
-    def figure(self, name: str) -> Path:
-        (self.out / "figures").mkdir(parents=True, exist_ok=True)
-        return self.out / "figures" / name
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    run: Callable[[Context], Any]
-    minutes: Callable[[dict[str, Any]], float]  # rough estimate on a 2-core machine, shown before the stage
-    keys: tuple[str, ...] = ()  # config keys the stage depends on (with its upstream stages' hashes)
-
-
-def _estimate_epoch_s(cfg: dict[str, Any]) -> float:
-    return {"lfw": 30.0, "ckplus": 2.0, "synthetic": 4.0}.get(cfg["dataset"], 30.0)
-
-
 def _stage_hash(cfg: dict[str, Any], stage: Stage, upstream: list[str]) -> str:
     relevant = {k: cfg.get(k) for k in stage.keys} if stage.keys else cfg
     body = json.dumps({"cfg": relevant, "stage": stage.name, "upstream": upstream}, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()[:16]
-
-
-def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    """JSON and CSV twins of a figure's or table's data."""
-    path.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with path.with_suffix(".csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows([{k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()} for r in rows])
 
 
 def reproduce(dataset: str, out: str | Path, *, quick: bool = False, config: str | Path | None = None,

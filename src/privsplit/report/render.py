@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from privsplit.report.document import Document
-from privsplit.report.pipeline import Context
+from privsplit.report.context import Context
 
 __all__ = ["render_report", "PAPER"]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from privsplit.report.pipeline import Context, Stage, _estimate_epoch_s, write_rows
+from privsplit.report.context import Context, Stage, _estimate_epoch_s, write_rows
 
 __all__ = ["STAGES"]
 
