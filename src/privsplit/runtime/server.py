@@ -91,26 +91,67 @@ def create_app(bundle: ServerBundle | str | Path | AnalyzerService, *, api_keys:
 
 # ============================================================================ running it
 
+def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A bound TCP socket for uvicorn; ``reuse_port`` lets several worker processes bind one port."""
+    # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on sockets that say so, and without
+    # it Nagle + delayed ACKs add ~40 ms to every keep-alive response
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
 def serve(bundle: ServerBundle | str | Path, *, host: str = "127.0.0.1", port: int = 8000,
           api_keys: Iterable[str] | None = None, max_batch: int = 32, max_delay_ms: float = 2.0,
           max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, ssl_keyfile: str | None = None,
           ssl_certfile: str | None = None, log_level: str = "info", access_log: bool = False,
-          torch_threads: int | None = None, http: str = "auto", loop: str = "auto") -> None:
-    """Serve ``bundle`` with uvicorn until interrupted (``privsplit serve`` calls this).
+          torch_threads: int | None = None, http: str = "auto", loop: str = "auto",
+          grpc_port: int | None = None, workers: int = 1, metrics_dir: str | Path | None = None,
+          reuse_port: bool = False) -> None:
+    """Serve ``bundle`` until interrupted (``privsplit serve`` calls this): REST on ``port`` and, with
+    ``grpc_port``, gRPC beside it, both calling one :class:`AnalyzerService`.
 
-    ``http``/``loop`` are uvicorn's: ``auto`` takes httptools and uvloop when installed (faster), else
-    h11 and asyncio.
+    ``workers > 1`` hands over to :func:`privsplit.runtime.workers.serve_workers` (N processes on
+    the same ports). ``http``/``loop`` are uvicorn's: ``auto`` takes httptools and uvloop when
+    installed (faster), else h11 and asyncio. ``metrics_dir`` and ``reuse_port`` are set by the
+    worker supervisor.
     """
     import uvicorn
 
-    if torch_threads:
-        torch.set_num_threads(torch_threads)
     if (ssl_keyfile is None) != (ssl_certfile is None):
         raise ValueError("TLS needs both --ssl-keyfile and --ssl-certfile")
-    app = create_app(bundle, api_keys=api_keys, max_batch=max_batch, max_delay_ms=max_delay_ms,
-                     max_body_bytes=max_body_bytes)
-    uvicorn.run(app, host=host, port=port, ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile,
-                log_level=log_level, access_log=access_log, timeout_graceful_shutdown=10, http=http, loop=loop)
+    keys = load_api_keys() if api_keys is None else list(api_keys)
+    options = dict(host=host, port=port, api_keys=keys, max_batch=max_batch, max_delay_ms=max_delay_ms,
+                   max_body_bytes=max_body_bytes, ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile,
+                   log_level=log_level, access_log=access_log, torch_threads=torch_threads, http=http, loop=loop,
+                   grpc_port=grpc_port)
+    if workers > 1:
+        from privsplit.runtime.workers import serve_workers
+
+        serve_workers(bundle, workers=workers, **options)
+        return
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    from privsplit.runtime.metrics import ServiceMetrics
+
+    service = AnalyzerService(bundle, max_batch=max_batch, max_delay_ms=max_delay_ms,
+                              metrics=ServiceMetrics(shared_dir=metrics_dir))
+    app = create_app(service, api_keys=keys, max_body_bytes=max_body_bytes)
+    grpc_server = None
+    if grpc_port is not None:
+        from privsplit.runtime.grpc_server import GrpcServer
+
+        grpc_server = GrpcServer(service, api_keys=keys, host=host, port=grpc_port,
+                                 max_message_bytes=max_body_bytes).start()
+    config = uvicorn.Config(app, ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile, log_level=log_level,
+                            access_log=access_log, timeout_graceful_shutdown=10, http=http, loop=loop)
+    try:
+        uvicorn.Server(config).run(sockets=[bind_socket(host, port, reuse_port=reuse_port)])
+    finally:
+        if grpc_server is not None:
+            grpc_server.stop()
 
 
 class ServerThread:
@@ -139,11 +180,7 @@ class ServerThread:
 
         if self._thread is not None:
             raise RuntimeError("server already running")
-        # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on sockets that say so, and without
-        # it Nagle + delayed ACKs add ~40 ms to every keep-alive response
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
+        sock = bind_socket(self.host, self.port)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(self.app, log_config=None, log_level=self.log_level, access_log=False,
                                 lifespan="on", timeout_graceful_shutdown=self.graceful_timeout, **self.options)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from pathlib import Path
@@ -51,27 +52,30 @@ class ServiceError(Exception):
 class IdempotencyCache:
     """The last ``size`` answers, keyed by request id and body digest (a retry is answered from here).
 
-    Used from one event loop only, so it needs no lock.
+    Locked: the REST and gRPC front ends run on two event loops (threads) of one process.
     """
 
     def __init__(self, size: int = 1024) -> None:
         self.size = int(size)
         self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, key: Hashable | None) -> Any | None:
         if key is None:
             return None
-        hit = self._items.get(key)
-        if hit is not None:
-            self._items.move_to_end(key)
-        return hit
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+            return hit
 
     def put(self, key: Hashable | None, value: Any) -> None:
         if key is None or self.size <= 0:
             return
-        self._items[key] = value
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
 
 
 class AnalyzerService:
