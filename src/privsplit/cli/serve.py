@@ -49,7 +49,7 @@ def serve(
     loop: str = typer.Option("auto", help="uvicorn event loop: auto | asyncio | uvloop."),
 ) -> None:
     """Serve the analyzer: /v2 health, metadata, infer (JSON or binary tensors), /metrics; gRPC beside it."""
-    workers = workers or os.cpu_count() or 1
+    workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     if grpc_port is not None and grpc_port == port and port != 0:
         raise ValueError(f"--grpc-port must differ from --port (both {port})")
     try:
