@@ -81,7 +81,13 @@ async def read_body(request: Request, limit: int) -> bytes:
 def oip_router(service: AnalyzerService, check_key: KeyCheck, *, max_body_bytes: int) -> APIRouter:
     """Health (no key), metadata, inference and ``/metrics`` routes for ``service``."""
     router = APIRouter()
+    _health_routes(router, service)
+    _metadata_routes(router, service, check_key)
+    _infer_route(router, service, check_key, max_body_bytes)
+    return router
 
+
+def _health_routes(router: APIRouter, service: AnalyzerService) -> None:
     def not_ready(what: str) -> Response | None:
         return None if service.ready else error(503, f"{what} is not ready (starting or shutting down)")
 
@@ -99,6 +105,8 @@ def oip_router(service: AnalyzerService, check_key: KeyCheck, *, max_body_bytes:
         service.check_model(name, version)
         return not_ready(f"model {name!r}") or Response(encode_json({"name": name, "ready": True}), media_type=JSON)
 
+
+def _metadata_routes(router: APIRouter, service: AnalyzerService, check_key: KeyCheck) -> None:
     @router.get("/v2")
     async def server_metadata(request: Request) -> Response:
         check_key(request.headers)
@@ -116,6 +124,8 @@ def oip_router(service: AnalyzerService, check_key: KeyCheck, *, max_body_bytes:
         check_key(request.headers)
         return Response(service.metrics.render().encode(), media_type="text/plain; version=0.0.4")
 
+
+def _infer_route(router: APIRouter, service: AnalyzerService, check_key: KeyCheck, max_body_bytes: int) -> None:
     @router.post("/v2/models/{name}/infer")
     @router.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
@@ -136,8 +146,6 @@ def oip_router(service: AnalyzerService, check_key: KeyCheck, *, max_body_bytes:
 
         out, headers = await service.infer_encoded(req, key, encode)
         return Response(out, headers=headers)
-
-    return router
 
 
 def _endpoint(path: str) -> str:
