@@ -5,7 +5,7 @@ so under load a request waits behind the parsing of every other request and behi
 batches; that queue is the p99 tail. N workers each own an event loop, a micro-batcher and one
 torch thread (N x 1 threads, no oversubscription of the cores), and the kernel spreads connections
 over them: every worker binds the REST port with SO_REUSEPORT (gRPC sets it on Linux by itself), so
-there is no accept lock and no proxy hop. A worker that dies is restarted within a second; its
+there is no accept lock and no proxy hop. A worker that dies is replaced (started within a second, serving once loaded); its
 in-flight requests fail with a connection error, which :class:`~privsplit.runtime.client.Client`
 retries on the next connection (another worker). ``/metrics`` sums all workers (see
 :mod:`privsplit.runtime.metrics`).
