@@ -1,13 +1,15 @@
 """Load benchmark of the analyzer service (``privsplit serve``) on loopback, and bytes on the wire.
 
-(a) Throughput: ``privsplit serve`` runs in its own process; C client threads (C = 1, 4, 16) in this
-    process each keep one keep-alive connection and send one-image requests (binary tensors, a fresh
-    request id each, like :class:`privsplit.runtime.client.Client`) back to back for ``--seconds``.
-    Reported: requests/s, p50/p99 latency, errors (must be 0), the mean analyzer batch the server formed
-    (from ``/metrics``), and the ratio of the served images/s to the raw in-process analyzer
-    (``AnalyzerService.run_batch``: analyzer + softmax, no HTTP) at batch size C.
+(a) Throughput: ``privsplit serve --workers W --grpc-port G`` runs in its own process(es) for each W of
+    ``--workers`` (default 1 and 2); a multi-process load generator (``loadgen.py``, ``--load-procs``
+    processes) runs C closed-loop clients (C = 1, 16, 64), each with one keep-alive REST connection or
+    one gRPC channel, sending one-image requests (binary tensors / raw_input_contents, a fresh request id
+    each, like :class:`privsplit.runtime.client.Client`) back to back for ``--seconds``, first over REST,
+    then over gRPC. Reported: requests/s, p50/p99 latency, errors (must be 0), server CPU µs per request
+    (all server processes, from /proc), the mean analyzer batch (from ``/metrics``), and the ratio of the
+    served images/s to the raw in-process analyzer (``AnalyzerService.run_batch``) at batch size C.
     With ``--triton`` (default when ``.venv-triton`` exists) the same load also goes to the same analyzer
-    on Triton Inference Server via PyTriton (``python -m privsplit.runtime.triton``).
+    on Triton Inference Server via PyTriton (``python -m privsplit.runtime.triton``), REST and gRPC.
 (b) Bytes on the wire per image: OIP request and response bodies for PCA-4/6/8 features (binary and JSON;
     one image per request and 64 per request), vs the face as a 64x64 JPEG (quality 75/90, the model's
     crop) and the original LFW JPEG.
@@ -18,13 +20,12 @@ load average is printed with them.
 
 Run (from the repository root)::
 
-    PYTHONPATH=src python3 benchmarks/bench_serve.py              # ~2.5 min; prints, updates docs/runtime.md
+    PYTHONPATH=src python3 benchmarks/bench_serve.py              # ~4 min; prints, updates docs/runtime.md
     PYTHONPATH=src python3 benchmarks/bench_serve.py --seconds 3 --no-docs
 """
 from __future__ import annotations
 
 import argparse
-import http.client
 import io
 import json
 import os
@@ -34,7 +35,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
@@ -50,9 +50,13 @@ from privsplit.data.transforms import decode_image
 from privsplit.defenses import build_embedding, load_client_bundle, save_bundles
 from privsplit.models import vgg16
 from privsplit.runtime.client import Client
+from privsplit.runtime.grpc_wire import request_to_proto
 from privsplit.runtime.metrics import parse_prometheus
 from privsplit.runtime.server import AnalyzerService
 from privsplit.runtime.wire import InferResponse, InferTensor, encode_request, encode_response
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import run_load  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "runtime.md"
@@ -130,92 +134,54 @@ def raw_throughput(server_dir: Path, batch: int, seconds: float) -> float:
     return calls * batch / elapsed
 
 
-def load(port: int, model: str, bodies: list[tuple[bytes, dict[str, str]]], concurrency: int,
-         seconds: float) -> dict[str, float]:
-    """``concurrency`` threads sending one-image requests back to back; latency percentiles and errors."""
-    latencies: list[list[float]] = [[] for _ in range(concurrency)]
-    errors = [0] * concurrency
-    stop = threading.Event()
-    start = threading.Barrier(concurrency + 1)
-    path = f"/v2/models/{model}/infer"
-
-    def worker(k: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        conn.connect()
-        i = k
-        start.wait()
-        while not stop.is_set():
-            rid, body, headers = bodies[i % len(bodies)]
-            body = body.replace(rid, uuid.uuid4().hex.encode(), 1)  # a fresh id: no idempotency-cache hits
-            i += concurrency
-            t0 = time.perf_counter()
-            try:
-                conn.request("POST", path, body=body, headers=headers)
-                resp = conn.getresponse()
-                resp.read()
-                ok = resp.status == 200
-            except (OSError, http.client.HTTPException):
-                ok = False
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            latencies[k].append(time.perf_counter() - t0)
-            errors[k] += not ok
-        conn.close()
-
-    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(concurrency)]
-    for t in threads:
-        t.start()
-    start.wait()
-    t0 = time.perf_counter()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        t.join(60)
-    elapsed = time.perf_counter() - t0
-    lat = sorted(v for per in latencies for v in per)
-    return {"requests": len(lat), "rps": len(lat) / elapsed, "p50_ms": 1000 * lat[len(lat) // 2],
-            "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], "errors": sum(errors)}
-
-
 def metrics(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         return parse_prometheus(r.read().decode())
 
 
-def request_bodies(client_dir: Path, n: int = 512) -> list[tuple[bytes, bytes, dict[str, str]]]:
-    """(id, body, headers) of binary one-image requests with distinct features, as the Client sends them;
-    the load loop swaps in a fresh id (same length) for every request."""
+def request_bodies(client_dir: Path, n: int = 512) -> dict[str, list]:
+    """Per protocol, one-image requests with distinct features as the Client sends them: REST ``(id, body,
+    headers)`` (binary tensors), gRPC ``(id, ModelInferRequest bytes)``; the load loop swaps in a fresh id."""
     client = Client(load_client_bundle(client_dir), "http://127.0.0.1:1")
     feats = np.random.default_rng(1).normal(size=(n, *client.bundle.feature_shape)).astype(np.float32)
-    out = []
+    out: dict[str, list] = {"rest": [], "grpc": []}
     for i in range(n):
         rid = uuid.uuid4().hex
-        out.append((rid.encode(), *encode_request(client.request_for(feats[i:i + 1], rid), binary=True)))
+        req = client.request_for(feats[i:i + 1], rid)
+        out["rest"].append((rid.encode(), *encode_request(req, binary=True)))
+        out["grpc"].append((rid.encode(), request_to_proto(req, client.model_name).SerializeToString()))
     return out
 
 
-def bench_server(cmd: list[str], env: dict[str, str], port: int, model: str, bodies, levels, seconds,
-                 privsplit_metrics: bool) -> list[dict[str, float]]:
+def bench_server(name: str, cmd: list[str], env: dict[str, str], ports: dict[str, int], model: str, bodies,
+                 args, privsplit_metrics: bool) -> dict[str, list[dict[str, float]]]:
+    """Start one server, load it over each protocol in ``ports`` at each level; rows per 'name, protocol'."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
+    out: dict[str, list[dict[str, float]]] = {}
     try:
-        wait_ready(f"http://127.0.0.1:{port}", model, proc)
-        load(port, model, bodies, 4, 1.0)  # warm-up
-        rows = []
-        for c in levels:
-            before = metrics(port) if privsplit_metrics else {}
-            cpu0 = tree_cpu_seconds(proc.pid)
-            res = load(port, model, bodies, c, seconds)
-            res["cpu_us"] = 1e6 * (tree_cpu_seconds(proc.pid) - cpu0) / res["requests"]
-            if privsplit_metrics:
-                after = metrics(port)
-                calls = after["privsplit_batch_size_count"] - before["privsplit_batch_size_count"]
-                res["mean_batch"] = (after["privsplit_batch_size_sum"] - before["privsplit_batch_size_sum"]) / calls
-            rows.append({"concurrency": c, **res})
-            batch = f"  mean batch {res['mean_batch']:.1f}" if "mean_batch" in res else ""
-            print(f"  c={c:>2}: {res['rps']:7.0f} req/s  p50 {res['p50_ms']:.2f} ms  p99 {res['p99_ms']:.2f} ms  "
-                  f"errors {res['errors']}  server CPU {res['cpu_us']:.0f} us/req{batch}", flush=True)
-        return rows
+        wait_ready(f"http://127.0.0.1:{ports['rest']}", model, proc)
+        time.sleep(3.0)  # with several workers, let the last ones finish loading before the clock runs
+        for kind, port in ports.items():
+            label = f"{name}, {'REST' if kind == 'rest' else 'gRPC'}"
+            print(label + ":", flush=True)
+            run_load(kind, port, model, bodies[kind], 4, 1.0, args.load_procs)  # warm-up
+            rows = out[label] = []
+            for c in args.level_list:
+                before = metrics(ports["rest"]) if privsplit_metrics else {}
+                cpu0 = tree_cpu_seconds(proc.pid)
+                res = run_load(kind, port, model, bodies[kind], c, args.seconds, args.load_procs)
+                res["cpu_us"] = 1e6 * (tree_cpu_seconds(proc.pid) - cpu0) / max(1, res["requests"])
+                if privsplit_metrics:
+                    time.sleep(1.2)  # workers publish their metrics once a second
+                    after = metrics(ports["rest"])
+                    calls = after["privsplit_batch_size_count"] - before["privsplit_batch_size_count"]
+                    res["mean_batch"] = (after["privsplit_batch_size_sum"] - before["privsplit_batch_size_sum"]) / max(1, calls)
+                rows.append({"concurrency": c, **res})
+                batch = f"  mean batch {res['mean_batch']:.1f}" if "mean_batch" in res else ""
+                print(f"  c={c:>2}: {res['rps']:7.0f} req/s  p50 {res['p50_ms']:.2f} ms  p99 {res['p99_ms']:.2f} ms  "
+                      f"errors {res['errors']}  server CPU {res['cpu_us']:.0f} us/req{batch}", flush=True)
+        return out
     finally:
         proc.send_signal(2)
         try:
@@ -333,15 +299,18 @@ def update_doc(text: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="per concurrency level")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per concurrency level")
     parser.add_argument("--raw-seconds", type=float, default=3.0)
-    parser.add_argument("--levels", default="1,4,16")
+    parser.add_argument("--levels", default="1,16,64")
+    parser.add_argument("--workers", default="1,2", help="privsplit serve --workers values to measure")
+    parser.add_argument("--load-procs", type=int, default=4, help="load-generator processes")
+    parser.add_argument("--h11", action="store_true", help="also measure uvicorn with h11 + asyncio")
     parser.add_argument("--max-delay-ms", type=float, default=2.0)
     parser.add_argument("--triton", choices=("auto", "yes", "no"), default="auto")
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
     args.command = " ".join(["PYTHONPATH=src python3 benchmarks/bench_serve.py", *sys.argv[1:]])
-    levels = [int(v) for v in args.levels.split(",")]
+    levels = args.level_list = [int(v) for v in args.levels.split(",")]
     torch.set_num_threads(1)  # the raw baseline gets one core, like the server's batching worker below
     with tempfile.TemporaryDirectory() as tmp:
         bundles = build_bundles(Path(tmp), (4, 6, 8))
@@ -353,29 +322,32 @@ def main() -> None:
         bodies = request_bodies(client_dir)
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PRIVSPLIT_API_KEYS": "", "OMP_NUM_THREADS": "1"}
         serve_rows: dict[str, list] = {}
-        variants = [("h11 + asyncio", ["--http", "h11", "--loop", "asyncio"])]
-        if has_module("httptools") and has_module("uvloop"):
-            variants.insert(0, ("httptools + uvloop", ["--http", "httptools", "--loop", "uvloop"]))
-        for name, extra in variants:
-            port = free_port()
-            label = f"privsplit serve ({name}), max-delay {args.max_delay_ms:g} ms"
-            print(label + ":", flush=True)
-            serve_rows[label] = bench_server(
-                [sys.executable, "-c", "from privsplit.cli import main; main()", "serve", str(server_dir), "--port",
-                 str(port), "--log-level", "warning", "--threads", "1", "--max-delay-ms", str(args.max_delay_ms),
-                 *extra], env, port, model, bodies, levels, args.seconds, True)
+        for workers in [int(w) for w in args.workers.split(",")]:
+            ports = {"rest": free_port(), "grpc": free_port()}
+            for name, extra in [("httptools + uvloop", ["--http", "httptools", "--loop", "uvloop"]),
+                                *([("h11 + asyncio", ["--http", "h11", "--loop", "asyncio"])] if args.h11 else [])]:
+                serve_rows.update(bench_server(
+                    f"privsplit serve --workers {workers} ({name})",
+                    [sys.executable, "-c", "from privsplit.cli import main; main()", "serve", str(server_dir),
+                     "--port", str(ports["rest"]), "--grpc-port", str(ports["grpc"]), "--workers", str(workers),
+                     "--log-level", "warning", "--threads", "1", "--max-delay-ms", str(args.max_delay_ms), *extra],
+                    env, ports, model, bodies, args, True))
         triton_py = ROOT / ".venv-triton" / "bin" / "python"
         if args.triton == "yes" or (args.triton == "auto" and triton_py.exists()):
             ports = [free_port() for _ in range(3)]
-            print("Triton via PyTriton (max-delay 2 ms):", flush=True)
-            serve_rows["Triton (PyTriton), max-delay 2 ms"] = bench_server(
+            serve_rows.update(bench_server(
+                "Triton (PyTriton), max-delay 2 ms",
                 [str(triton_py), "-m", "privsplit.runtime.triton", str(server_dir), "--http-port", str(ports[0]),
                  "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), "--max-delay-us", "2000"],
-                env, ports[0], model, bodies, levels, args.seconds, False)
+                env, {"rest": ports[0], "grpc": ports[1]}, model, bodies, args, False))
+        else:
+            print(f"Triton skipped: no {triton_py} (see docs/runtime.md for the PyTriton environment)", flush=True)
         wire = wire_bytes(bundles)
     jpeg = jpeg_bytes()
-    env_line = (f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, load average before the run "
-                f"{LOAD_BEFORE:.1f} (other jobs shared the CPUs), Python {platform.python_version()}, "
+    env_line = (f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, load average (1 min) before the run "
+                f"{LOAD_BEFORE:.1f}, after it {os.getloadavg()[0]:.1f} (other jobs shared the CPUs; one run, "
+                f"not a quiet-machine median), load generator: {args.load_procs} processes on the same CPUs, "
+                f"Python {platform.python_version()}, "
                 f"torch {torch.__version__} (1 thread for the analyzer), {time.strftime('%Y-%m-%d')}.")
     text = render(args, raw, serve_rows, wire, jpeg, env_line)
     print(text)

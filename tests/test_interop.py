@@ -154,6 +154,16 @@ def test_our_client_against_real_triton(pair, model, tmp_path):
             assert [p.label for p in preds] == [["F", "M"][i] for i in expected.argmax(1)]
         meta = Client(client_bundle(pair[0]), url).model_metadata()
         assert meta.name == model and meta.inputs[0].shape == [-1, 4]
+        try:  # our gRPC transport against Triton's gRPC endpoint (raw contents; Triton's label is [N, 1])
+            import privsplit.runtime.grpc_client  # noqa: F401
+        except ImportError:
+            return
+        client = Client(seeded_client_bundle(pair[0]), f"grpc://127.0.0.1:{grpc_port}", protocol="grpc")
+        preds = client.infer(images)
+        np.testing.assert_allclose(np.stack([p.probabilities for p in preds]), expected, atol=1e-6)
+        assert [p.label for p in preds] == [["F", "M"][i] for i in expected.argmax(1)]
+        assert client.server_ready() and client.model_metadata().name == model
+        client.close()
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)  # pytriton stops tritonserver and its stubs

@@ -320,6 +320,10 @@ def test_runtime_imports_no_training_code():
     code = ("import sys\n"
             "import privsplit.runtime, privsplit.runtime.wire, privsplit.runtime.client, privsplit.runtime.server\n"
             "import privsplit.runtime.batching, privsplit.runtime.metrics, privsplit.runtime.triton\n"
+            "import privsplit.runtime.service, privsplit.runtime.auth, privsplit.runtime.routes\n"
+            "import privsplit.runtime.workers, importlib.util\n"
+            "if importlib.util.find_spec('grpc'):\n"
+            "    import privsplit.runtime.grpc_server, privsplit.runtime.grpc_client\n"
             "bad = [m for m in sys.modules if m.startswith(('privsplit.train', 'privsplit.attacks', "
             "'privsplit.report')) or m == 'privsplit.defenses.build']\n"
             "print(repr(bad))\n")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 
 import typer
@@ -28,7 +29,11 @@ def _is_loopback(host: str) -> bool:
 def serve(
     server_bundle: Path = typer.Argument(..., help="Server bundle folder (server.json + server.safetensors)."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 for all: then use API keys and TLS)."),
-    port: int = typer.Option(8000, min=0, max=65535),
+    port: int = typer.Option(8000, min=0, max=65535, help="REST (HTTP) port."),
+    grpc_port: int = typer.Option(None, min=0, max=65535, help="Also serve OIP v2 over gRPC on this port "
+                                                               "(needs the grpc extra)."),
+    workers: int = typer.Option(0, min=0, help="Server processes sharing the ports (SO_REUSEPORT), each with "
+                                               "its own batcher and one torch thread; 0 = number of cores."),
     api_key_file: Path = typer.Option(None, help="File with one accepted API key per line (also: "
                                                  "$PRIVSPLIT_API_KEYS, comma-separated)."),
     max_batch: int = typer.Option(32, min=1, help="Most rows merged into one analyzer call."),
@@ -36,13 +41,17 @@ def serve(
     max_body_bytes: int = typer.Option(DEFAULT_MAX_BODY_BYTES, min=1, help="Larger request bodies get 413."),
     ssl_keyfile: str = typer.Option(None, help="TLS private key (PEM), passed to uvicorn."),
     ssl_certfile: str = typer.Option(None, help="TLS certificate chain (PEM), passed to uvicorn."),
-    threads: int = typer.Option(0, help="Torch CPU threads for the analyzer (0 = torch default)."),
+    threads: int = typer.Option(0, help="Torch CPU threads per worker (0 = 1 with several workers, else "
+                                        "torch's default)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
     access_log: bool = typer.Option(False, help="Log every request (costs throughput)."),
     http: str = typer.Option("auto", help="uvicorn HTTP parser: auto | h11 | httptools."),
     loop: str = typer.Option("auto", help="uvicorn event loop: auto | asyncio | uvloop."),
 ) -> None:
-    """Serve the analyzer: /v2 health, metadata, infer (JSON or binary tensors), /metrics."""
+    """Serve the analyzer: /v2 health, metadata, infer (JSON or binary tensors), /metrics; gRPC beside it."""
+    workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if grpc_port is not None and grpc_port == port and port != 0:
+        raise ValueError(f"--grpc-port must differ from --port (both {port})")
     try:
         from privsplit.runtime.server import load_api_keys
         from privsplit.runtime.server import serve as run_server
@@ -50,18 +59,27 @@ def serve(
         raise ValueError(f"`privsplit serve` needs the serve extra ({exc}): pip install 'privsplit[serve]'") from None
     from privsplit.defenses.bundles import load_server_bundle
 
+    if grpc_port is not None:
+        try:
+            import privsplit.runtime.grpc_server  # noqa: F401
+        except ImportError as exc:
+            raise ValueError(f"--grpc-port needs the grpc extra ({exc}): pip install 'privsplit[grpc]'") from None
+
     keys = load_api_keys(api_key_file)
     bundle = load_server_bundle(server_bundle)
     scheme = "https" if ssl_certfile else "http"
     console.print(f"serving [bold]{bundle.model_name}[/] (embedding {bundle.embedding_id[:12]}, input "
                   f"{bundle.input_name} {bundle.input_shape}, classes {bundle.classes}) on {scheme}://{host}:{port}"
-                  f"; API keys: {len(keys) or 'none'}")
+                  + (f" and grpc://{host}:{grpc_port}" if grpc_port is not None else "")
+                  + f"; {workers} worker process(es); API keys: {len(keys) or 'none'}")
     if not _is_loopback(host) and not keys:
         console.print("[bold yellow]warning:[/] listening beyond loopback without API keys: anyone who can reach "
                       "this port can use the analyzer (pass --api-key-file or set PRIVSPLIT_API_KEYS)")
     if not _is_loopback(host) and not ssl_certfile:
         console.print("[bold yellow]warning:[/] no TLS: features and API keys travel in clear text "
                       "(pass --ssl-keyfile/--ssl-certfile or terminate TLS at a proxy)")
-    run_server(bundle, host=host, port=port, api_keys=keys, max_batch=max_batch, max_delay_ms=max_delay_ms,
+    run_server(bundle if workers == 1 else server_bundle,  # workers load it from the folder
+               host=host, port=port, api_keys=keys, max_batch=max_batch, max_delay_ms=max_delay_ms,
                max_body_bytes=max_body_bytes, ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile,
-               log_level=log_level, access_log=access_log, torch_threads=threads or None, http=http, loop=loop)
+               log_level=log_level, access_log=access_log, torch_threads=threads or None, http=http, loop=loop,
+               grpc_port=grpc_port, workers=workers)

@@ -1,9 +1,13 @@
-"""privsplit.runtime: the split deployed over the Open Inference Protocol v2 (REST).
+"""privsplit.runtime: the split deployed over the Open Inference Protocol v2 (REST and gRPC).
 
 * :mod:`~privsplit.runtime.wire`: OIP v2 messages and all their (de)serialisation.
 * :mod:`~privsplit.runtime.client`: :class:`Client` (device: extractor + noise, sends features).
 * :mod:`~privsplit.runtime.server`: :func:`create_app` / :func:`serve` (cloud analyzer, FastAPI +
-  uvicorn; needs the ``serve`` extra).
+  uvicorn; needs the ``serve`` extra), built from :mod:`~privsplit.runtime.service` (the one
+  :class:`AnalyzerService` every front end calls), :mod:`~privsplit.runtime.auth` (API keys) and
+  :mod:`~privsplit.runtime.routes` (REST routes).
+* :mod:`~privsplit.runtime.grpc_server` / :mod:`~privsplit.runtime.grpc_client`: OIP v2 over gRPC
+  (the ``grpc`` extra); :mod:`~privsplit.runtime.workers`: several server processes on one port.
 * :mod:`~privsplit.runtime.batching`, :mod:`~privsplit.runtime.metrics`: micro-batching, Prometheus.
 
 Names are imported lazily, so a device that only uses the client never imports the web framework.
@@ -17,8 +21,9 @@ from typing import Any
 _EXPORTS = {
     "Client": "client", "ClientError": "client", "ServerUnavailable": "client", "Prediction": "client",
     "OnnxExtractor": "client", "load_images": "client",
-    "create_app": "server", "serve": "server", "AnalyzerService": "server", "ServerThread": "server",
-    "ServiceError": "server", "load_api_keys": "server",
+    "create_app": "server", "serve": "server", "ServerThread": "server",
+    "AnalyzerService": "service", "ServiceError": "service", "load_api_keys": "auth", "KeyCheck": "auth",
+    "GrpcServer": "grpc_server", "serve_workers": "workers",
     "MicroBatcher": "batching", "BatcherClosed": "batching",
     "ServiceMetrics": "metrics", "parse_prometheus": "metrics",
 }

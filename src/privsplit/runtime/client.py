@@ -35,7 +35,7 @@ from PIL import Image
 from privsplit.data.transforms import Preprocess, decode_image, normalize
 from privsplit.defenses.bundles import INPUT_NAME, OUTPUT_NAMES, ClientBundle, load_client_bundle
 from privsplit.runtime.wire import (
-    InferRequest, InferTensor, ModelMetadata, RequestedOutput, WireError, decode_error, decode_response,
+    InferRequest, InferResponse, InferTensor, ModelMetadata, RequestedOutput, WireError, decode_error, decode_response,
     encode_request,
 )
 
@@ -163,17 +163,31 @@ class Client:
         model_name: the served model's name (default: the bundle's).
         batch_size: most images per request in :meth:`infer`.
         ssl_context: for ``https`` URLs (default: the system's verified context).
+        protocol: ``"rest"`` (OIP v2 over HTTP/1.1) or ``"grpc"`` (OIP v2 over gRPC, the ``grpc`` extra;
+            ``url`` then looks like ``grpc://host:port`` or ``grpcs://host:port``), with the same
+            retries, request ids and errors (:mod:`privsplit.runtime.grpc_client`).
     """
 
     def __init__(self, client_bundle: ClientBundle | str | Path, url: str, *, api_key: str | None = None,
                  binary: bool = True, timeout: float = 10.0, retries: int = 3, backoff: float = 0.2,
                  extractor: str = "torch", onnx_path: str | Path | None = None, model_name: str | None = None,
-                 batch_size: int = 64, ssl_context: ssl.SSLContext | None = None) -> None:
+                 batch_size: int = 64, ssl_context: ssl.SSLContext | None = None, protocol: str = "rest") -> None:
+        if protocol not in ("rest", "grpc"):
+            raise ValueError(f"protocol must be 'rest' or 'grpc', got {protocol!r}")
+        if retries < 0 or backoff < 0 or timeout <= 0 or batch_size < 1:
+            raise ValueError("need retries >= 0, backoff >= 0, timeout > 0 and batch_size >= 1")
+        self._grpc: Any = None
+        if protocol == "grpc":
+            try:
+                from privsplit.runtime.grpc_client import GrpcTransport
+            except ImportError as exc:
+                raise NotImplementedError(f"protocol='grpc' needs the grpc extra ({exc}): "
+                                          "pip install 'privsplit[grpc]'") from None
+            self._grpc = GrpcTransport(url, api_key=api_key, timeout=timeout, retries=retries, backoff=backoff)
+            url = f"http://{self._grpc.target}"  # only for messages; REST is never used
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"server URL must look like http://host:port or https://host, got {url!r}")
-        if retries < 0 or backoff < 0 or timeout <= 0 or batch_size < 1:
-            raise ValueError("need retries >= 0, backoff >= 0, timeout > 0 and batch_size >= 1")
         self.url = url.rstrip("/")
         self._scheme, self._host = parts.scheme, parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -232,13 +246,7 @@ class Client:
 
     def _infer_chunk(self, features: np.ndarray) -> list[Prediction]:
         req = self.request_for(features)
-        body, headers = encode_request(req, binary=self.binary)
-        _, resp_headers, data = self._call("POST", f"/v2/models/{quote(self.model_name, safe='')}/infer",
-                                           body, headers)
-        try:
-            resp = decode_response(data, resp_headers)
-        except WireError as exc:
-            raise ClientError(f"malformed response from {self.url}: {exc}") from None
+        resp = self._grpc.infer(req, self.model_name) if self._grpc is not None else self._rest_infer(req)
         if resp.id is not None and resp.id != req.id:
             raise ClientError(f"response id {resp.id!r} does not match request id {req.id!r}")
         outputs = {t.name: t.data for t in resp.outputs}
@@ -252,22 +260,35 @@ class Client:
             raise ClientError(f"response has {labels.shape[0]} labels for {n} rows")
         return [Prediction(bytes(lab).decode("utf-8", "replace"), probs[i]) for i, lab in enumerate(labels)]
 
-    def server_live(self) -> bool:
-        """True when ``/v2/health/live`` answers 200 (no retries)."""
+    def _rest_infer(self, req: InferRequest) -> InferResponse:
+        body, headers = encode_request(req, binary=self.binary)
+        _, resp_headers, data = self._call("POST", f"/v2/models/{quote(self.model_name, safe='')}/infer",
+                                           body, headers)
         try:
-            return self._call("GET", "/v2/health/live", retries=0)[0] == 200
+            return decode_response(data, resp_headers)
+        except WireError as exc:
+            raise ClientError(f"malformed response from {self.url}: {exc}") from None
+
+    def server_live(self) -> bool:
+        """True when ``/v2/health/live`` (gRPC: ServerLive) says so (no retries)."""
+        try:
+            return self._grpc.live() if self._grpc is not None else \
+                self._call("GET", "/v2/health/live", retries=0)[0] == 200
         except ClientError:
             return False
 
     def server_ready(self) -> bool:
-        """True when ``/v2/health/ready`` answers 200 (no retries)."""
+        """True when ``/v2/health/ready`` (gRPC: ServerReady) says so (no retries)."""
         try:
-            return self._call("GET", "/v2/health/ready", retries=0)[0] == 200
+            return self._grpc.ready() if self._grpc is not None else \
+                self._call("GET", "/v2/health/ready", retries=0)[0] == 200
         except ClientError:
             return False
 
     def model_metadata(self) -> ModelMetadata:
-        """The served model's metadata (``GET /v2/models/{name}``)."""
+        """The served model's metadata (``GET /v2/models/{name}``, gRPC: ModelMetadata)."""
+        if self._grpc is not None:
+            return self._grpc.model_metadata(self.model_name)
         _, _, data = self._call("GET", f"/v2/models/{quote(self.model_name, safe='')}")
         try:
             return ModelMetadata.from_json(json.loads(data))
@@ -293,8 +314,10 @@ class Client:
             conn.close()
 
     def close(self) -> None:
-        """Close this thread's connection (others close when their threads end)."""
+        """Close this thread's connection (others close when their threads end) or the gRPC channel."""
         self._drop_connection()
+        if self._grpc is not None:
+            self._grpc.close()
 
     def __enter__(self) -> Client:
         return self

@@ -11,11 +11,21 @@ histograms, rendered in the text exposition format 0.0.4 (``GET /metrics``). The
 * ``privsplit_duplicate_requests_total``: retried requests answered from the idempotency cache.
 
 :func:`parse_prometheus` reads the format back (used by tests and the benchmark).
+
+With several worker processes (``privsplit serve --workers N``) every worker writes its series to
+``shared_dir`` once a second and ``/metrics``, whichever worker answers it, renders the **sum over
+all workers** (the live numbers of the answering one, the latest snapshot of the others; files of
+dead workers are kept, so counters never go down when a worker is replaced; a killed worker's last
+second is lost). Same metric names as one process, so dashboards need no change.
 """
 from __future__ import annotations
 
+import atexit
+import json
 import math
+import os
 import threading
+from pathlib import Path
 from collections.abc import Iterable, Sequence
 
 __all__ = ["Counter", "Histogram", "Registry", "ServiceMetrics", "parse_prometheus",
@@ -134,10 +144,32 @@ class Registry:
         return "\n".join(line for m in self._metrics for line in m.render()) + "\n"
 
 
-class ServiceMetrics:
-    """The metrics of one analyzer service (see the module docstring)."""
+def _state(metric: Counter | Histogram) -> list[list]:
+    with metric._lock:  # noqa: SLF001 - same module
+        items = metric._values.items() if isinstance(metric, Counter) else metric._series.items()  # noqa: SLF001
+        return [[[list(kv) for kv in key], value] for key, value in items]
 
-    def __init__(self) -> None:
+
+def _add_state(metric: Counter | Histogram, state: list[list]) -> None:
+    for key, value in state:
+        labels = tuple((str(k), str(v)) for k, v in key)
+        if isinstance(metric, Counter):
+            metric._values[labels] = metric._values.get(labels, 0.0) + float(value)  # noqa: SLF001
+        else:
+            series = metric._series.setdefault(labels, [0.0] * (len(metric.buckets) + 2))  # noqa: SLF001
+            for i, v in enumerate(value[:len(series)]):
+                series[i] += float(v)
+
+
+class ServiceMetrics:
+    """The metrics of one analyzer service (see the module docstring).
+
+    Args:
+        shared_dir: with several worker processes, the folder where each writes its snapshot
+            (``worker-<pid>.json``) and from which :meth:`render` sums them; None for one process.
+    """
+
+    def __init__(self, shared_dir: str | Path | None = None) -> None:
         self.registry = Registry()
         self.requests = Counter("privsplit_requests_total", "Requests answered, by endpoint and HTTP status.",
                                 ("endpoint", "status"))
@@ -150,9 +182,16 @@ class ServiceMetrics:
                                         BATCH_BUCKETS)
         self.duplicates = Counter("privsplit_duplicate_requests_total",
                                   "Retried requests (same id and body) answered from the idempotency cache.")
-        for metric in (self.requests, self.errors, self.latency, self.batch_size, self.batch_requests,
-                       self.duplicates):
+        self.metrics = (self.requests, self.errors, self.latency, self.batch_size, self.batch_requests,
+                        self.duplicates)
+        for metric in self.metrics:
             self.registry.add(metric)
+        self.shared_dir = Path(shared_dir) if shared_dir is not None else None
+        if self.shared_dir is not None:
+            self.shared_dir.mkdir(parents=True, exist_ok=True)
+            self._file = self.shared_dir / f"worker-{os.getpid()}.json"
+            threading.Thread(target=self._write_every, args=(1.0,), name="privsplit-metrics", daemon=True).start()
+            atexit.register(self.write_snapshot)
 
     def record_request(self, endpoint: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""
@@ -166,8 +205,42 @@ class ServiceMetrics:
         self.batch_size.observe(rows)
         self.batch_requests.observe(requests)
 
+    def snapshot(self) -> dict[str, list]:
+        """Every series of this process, JSON-ready."""
+        return {m.name: _state(m) for m in self.metrics}
+
+    def write_snapshot(self) -> None:
+        """Write :meth:`snapshot` to this worker's file (atomically: readers never see half a file)."""
+        if self.shared_dir is None:
+            return
+        tmp = self._file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.snapshot()))
+        os.replace(tmp, self._file)
+
+    def _write_every(self, seconds: float) -> None:
+        stop = threading.Event()
+        while not stop.wait(seconds):
+            try:
+                self.write_snapshot()
+            except OSError:
+                pass  # a full disk must not stop serving; the next round tries again
+
     def render(self) -> str:
-        return self.registry.render()
+        """The exposition: this process's series, or with ``shared_dir`` the sum over all workers."""
+        if self.shared_dir is None:
+            return self.registry.render()
+        total = ServiceMetrics()
+        snapshots = [self.snapshot()]
+        for path in sorted(self.shared_dir.glob("worker-*.json")):
+            if path != self._file:
+                try:
+                    snapshots.append(json.loads(path.read_text()))
+                except (OSError, ValueError):
+                    continue  # a file being replaced right now; its worker is counted next scrape
+        for snap in snapshots:
+            for metric in total.metrics:
+                _add_state(metric, snap.get(metric.name, []))
+        return total.render()
 
 
 def parse_prometheus(text: str) -> dict[str, float]:

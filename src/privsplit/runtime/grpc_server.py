@@ -1,0 +1,215 @@
+"""The gRPC front end of :class:`~privsplit.runtime.service.AnalyzerService` (OIP v2, KServe's
+``grpc_predict_v2.proto``; ``tritonclient.grpc`` talks to it).
+
+It shares everything with the REST front end through the one service object: validation, the
+embedding-id check, micro-batching, the idempotency cache (keyed by request id and message digest),
+metrics (``endpoint="grpc_<kind>"``, ``status`` the HTTP status of the same outcome, so one alert
+rule covers both) and API keys (metadata ``authorization: Bearer KEY`` or ``x-api-key: KEY``; health
+calls need none). Refusals map to status codes:
+
+=====  ======================  ============================================
+HTTP   gRPC                    when
+=====  ======================  ============================================
+400    INVALID_ARGUMENT        malformed message, wrong name/datatype/shape/size
+401    UNAUTHENTICATED         missing or wrong API key
+404    NOT_FOUND               unknown model or version
+409    FAILED_PRECONDITION     client bundle from another embedding
+413    RESOURCE_EXHAUSTED      message over ``max_message_bytes`` (refused by gRPC itself)
+500    INTERNAL                analyzer failure (generic text; details in the log)
+503    UNAVAILABLE             shutting down
+=====  ======================  ============================================
+
+:class:`GrpcServer` runs a ``grpc.aio`` server on its own thread and event loop (grpc.aio and
+uvloop do not share a loop), so it sits beside uvicorn in one process. Needs the ``grpc`` extra.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from privsplit.runtime.auth import KeyCheck
+from privsplit.runtime.grpc_wire import pb, request_from_proto, response_to_proto
+from privsplit.runtime.service import INTERNAL_ERROR, AnalyzerService, ServiceError
+from privsplit.runtime.wire import WireError
+
+__all__ = ["GrpcServer", "STATUS_CODES", "SERVICE_NAME"]
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+                404: grpc.StatusCode.NOT_FOUND, 409: grpc.StatusCode.FAILED_PRECONDITION,
+                413: grpc.StatusCode.RESOURCE_EXHAUSTED, 500: grpc.StatusCode.INTERNAL,
+                503: grpc.StatusCode.UNAVAILABLE}
+Handler = Callable[[Any, Any], Awaitable[Any]]
+log = logging.getLogger("privsplit.serve")
+
+
+class _Servicer:
+    """The six RPCs; each raises :class:`ServiceError`, which :meth:`wrap` turns into a status."""
+
+    def __init__(self, service: AnalyzerService, check_key: KeyCheck) -> None:
+        self.service, self.check_key = service, check_key
+
+    def _auth(self, context: Any) -> None:
+        self.check_key({k.lower(): v for k, v in context.invocation_metadata() or ()})
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:  # noqa: N802 - the RPC names
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return pb.ServerReadyResponse(ready=self.service.ready)
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.service.check_model(request.name, request.version)
+        return pb.ModelReadyResponse(ready=self.service.ready)
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self._auth(context)
+        meta = self.service.server_metadata()
+        return pb.ServerMetadataResponse(name=meta.name, version=meta.version, extensions=meta.extensions)
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self._auth(context)
+        self.service.check_model(request.name, request.version)
+        meta = self.service.metadata()
+        tensors = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta.name, versions=meta.versions, platform=meta.platform,
+            inputs=[tensors(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.inputs],
+            outputs=[tensors(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.outputs])
+
+    async def ModelInfer(self, body: bytes, context: Any) -> bytes:  # noqa: N802 - raw bytes in and out
+        self._auth(context)
+        try:
+            msg = pb.ModelInferRequest.FromString(body)
+        except Exception:  # noqa: BLE001 - protobuf's DecodeError and friends
+            raise ServiceError(400, "the message is not a valid inference.ModelInferRequest protobuf") from None
+        self.service.check_model(msg.model_name, msg.model_version)
+        try:
+            req = request_from_proto(msg)
+        except WireError as exc:
+            raise ServiceError(400, str(exc)) from None
+        key = None if req.id is None else ("grpc", req.id, hashlib.sha256(body).digest())
+        return await self.service.infer_encoded(req, key, lambda r: response_to_proto(r).SerializeToString())
+
+
+def _wrap(rpc: Handler, endpoint: str, metrics: Any) -> Handler:
+    """Time and count the call; a :class:`ServiceError` becomes its status code and message."""
+
+    @functools.wraps(rpc)
+    async def call(request: Any, context: Any) -> Any:
+        t0, status = time.perf_counter(), 200
+        try:
+            return await rpc(request, context)
+        except ServiceError as exc:
+            status = exc.status if exc.status in STATUS_CODES else 500
+            await context.abort(STATUS_CODES[status], exc.message)
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            status = 500
+            log.error("unhandled error in gRPC %s", endpoint, exc_info=exc)
+            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR)
+        finally:
+            metrics.record_request(endpoint, status, time.perf_counter() - t0)
+
+    return call
+
+
+_ENDPOINTS = {"ServerLive": "grpc_health", "ServerReady": "grpc_health", "ModelReady": "grpc_health",
+              "ServerMetadata": "grpc_server", "ModelMetadata": "grpc_model", "ModelInfer": "grpc_infer"}
+_TYPES = {"ServerLive": pb.ServerLiveRequest, "ServerReady": pb.ServerReadyRequest,
+          "ModelReady": pb.ModelReadyRequest, "ServerMetadata": pb.ServerMetadataRequest,
+          "ModelMetadata": pb.ModelMetadataRequest}
+
+
+def _handler(service: AnalyzerService, check_key: KeyCheck) -> grpc.GenericRpcHandler:
+    servicer = _Servicer(service, check_key)
+    handlers = {}
+    for name, endpoint in _ENDPOINTS.items():
+        rpc = _wrap(getattr(servicer, name), endpoint, service.metrics)
+        if name == "ModelInfer":  # parsed by the servicer: a garbled message is INVALID_ARGUMENT, not INTERNAL
+            handlers[name] = grpc.unary_unary_rpc_method_handler(rpc)
+        else:
+            handlers[name] = grpc.unary_unary_rpc_method_handler(
+                rpc, request_deserializer=_TYPES[name].FromString, response_serializer=lambda m: m.SerializeToString())
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+
+class GrpcServer:
+    """A ``grpc.aio`` server for ``service`` on its own thread (use as a context manager or start/stop).
+
+    Args:
+        service: the shared :class:`AnalyzerService`.
+        api_keys: accepted keys (empty: no auth).
+        host, port: where to listen (``port=0`` picks a free port; see :attr:`port`). Linux gRPC sets
+            SO_REUSEPORT, so several worker processes can listen on one port.
+        max_message_bytes: larger messages are refused with RESOURCE_EXHAUSTED.
+    """
+
+    def __init__(self, service: AnalyzerService, *, api_keys: list[str] | tuple[str, ...] = (), host: str = "127.0.0.1",
+                 port: int = 0, max_message_bytes: int = 8 * 2**20) -> None:
+        self.service, self.check_key = service, KeyCheck(list(api_keys))
+        self.host, self.port, self.max_message_bytes = host, port, max_message_bytes
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Event | None = None
+
+    @property
+    def target(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def _main(self, started: threading.Event, errors: list[BaseException]) -> None:
+        try:
+            self._server = grpc.aio.server(options=[("grpc.max_receive_message_length", self.max_message_bytes),
+                                                    ("grpc.max_send_message_length", self.max_message_bytes)])
+            self._server.add_generic_rpc_handlers((_handler(self.service, self.check_key),))
+            self.port = self._server.add_insecure_port(f"{self.host}:{self.port}")
+            await self._server.start()
+            self._stopped = asyncio.Event()
+        except BaseException as exc:  # noqa: BLE001 - reported to start()
+            errors.append(exc)
+            return
+        finally:
+            started.set()
+        await self._stopped.wait()
+        await self._server.stop(grace=5)
+
+    def start(self, timeout: float = 15.0) -> GrpcServer:
+        """Start serving; returns once the port is bound."""
+        if self._thread is not None:
+            raise RuntimeError("gRPC server already running")
+        self.service.start()
+        started, errors = threading.Event(), []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._main(started, errors),),
+                                        name=f"grpc-{self.port}", daemon=True)
+        self._thread.start()
+        if not started.wait(timeout) or errors or not self.port:
+            self.stop()
+            raise RuntimeError(f"the gRPC server could not listen on {self.target}: {errors[0] if errors else 'timeout'}")
+        return self
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop accepting calls, finish the running ones (5 s grace), join the thread."""
+        if self._loop is not None and self._stopped is not None:
+            self._loop.call_soon_threadsafe(self._stopped.set)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._loop is not None and not (self._thread and self._thread.is_alive()):
+            self._loop.close()
+        self._thread, self._stopped, self._loop = None, None, None
+
+    def __enter__(self) -> GrpcServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

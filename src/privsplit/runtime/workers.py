@@ -1,0 +1,88 @@
+"""``privsplit serve --workers N``: N server processes on one port, a supervisor that replaces dead ones.
+
+Why processes: one Python process serves with one event loop and one batcher thread on one core,
+so under load a request waits behind the parsing of every other request and behind several
+batches; that queue is the p99 tail. N workers each own an event loop, a micro-batcher and one
+torch thread (N x 1 threads, no oversubscription of the cores), and the kernel spreads connections
+over them: every worker binds the REST port with SO_REUSEPORT (gRPC sets it on Linux by itself), so
+there is no accept lock and no proxy hop. A worker that dies is replaced (started within a second, serving once loaded); its
+in-flight requests fail with a connection error, which :class:`~privsplit.runtime.client.Client`
+retries on the next connection (another worker). ``/metrics`` sums all workers (see
+:mod:`privsplit.runtime.metrics`).
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from privsplit.defenses.bundles import ServerBundle
+from privsplit.runtime.server import bind_socket, serve
+
+__all__ = ["serve_workers"]
+
+log = logging.getLogger("privsplit.serve")
+
+
+def _worker(bundle: ServerBundle | str | Path, options: dict[str, Any]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
+    serve(bundle, workers=1, reuse_port=True, **options)
+
+
+def serve_workers(bundle: ServerBundle | str | Path, *, workers: int, host: str, port: int,
+                  grpc_port: int | None = None, torch_threads: int | None = None, **options: Any) -> None:
+    """Run ``workers`` processes of :func:`~privsplit.runtime.server.serve` until SIGINT/SIGTERM.
+
+    The ports are reserved first by bound, non-listening SO_REUSEPORT sockets (so ``port=0`` means
+    one port for all, and nobody else takes it between restarts); connections only ever go to the
+    workers' listening sockets.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    holders = [bind_socket(host, port, reuse_port=True)]
+    port = holders[0].getsockname()[1]
+    if grpc_port is not None:
+        holders.append(bind_socket(host, grpc_port, reuse_port=True))
+        grpc_port = holders[1].getsockname()[1]
+    metrics_dir = tempfile.mkdtemp(prefix="privsplit-metrics-")
+    child = dict(options, host=host, port=port, grpc_port=grpc_port, torch_threads=torch_threads or 1,
+                 metrics_dir=metrics_dir)
+    ctx = mp.get_context("spawn")  # no fork of a process that holds torch's thread pools
+    stopping = []
+
+    def start(index: int) -> Any:
+        proc = ctx.Process(target=_worker, args=(bundle, child), name=f"privsplit-worker-{index}", daemon=False)
+        proc.start()
+        log.warning("worker %d started (pid %d) on %s:%d%s", index, proc.pid, host, port,
+                    f", gRPC {grpc_port}" if grpc_port is not None else "")
+        return proc
+
+    def stop(*_: Any) -> None:
+        stopping.append(True)
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    procs = [start(i) for i in range(workers)]
+    try:
+        while not stopping:
+            time.sleep(0.2)
+            for i, proc in enumerate(procs):
+                if not proc.is_alive() and not stopping:
+                    log.warning("worker %d (pid %d) exited with %s; starting a new one", i, proc.pid, proc.exitcode)
+                    procs[i] = start(i)
+    finally:
+        for proc in procs:
+            proc.terminate()  # SIGTERM: uvicorn finishes in-flight requests, then exits
+        for proc in procs:
+            proc.join(15)
+            if proc.is_alive():
+                proc.kill()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        for sock in holders:
+            sock.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
