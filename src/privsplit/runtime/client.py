@@ -34,6 +34,7 @@ from PIL import Image
 
 from privsplit.data.transforms import Preprocess, decode_image, normalize
 from privsplit.defenses.bundles import INPUT_NAME, OUTPUT_NAMES, ClientBundle, load_client_bundle
+from privsplit.runtime.errors import ClientError, ServerUnavailable
 from privsplit.runtime.wire import (
     InferRequest, InferResponse, InferTensor, ModelMetadata, RequestedOutput, WireError, decode_error, decode_response,
     encode_request,
@@ -43,21 +44,6 @@ __all__ = ["Client", "ClientError", "ServerUnavailable", "Prediction", "OnnxExtr
            "ImageInput"]
 
 ImageInput = Union[str, Path, np.ndarray]
-
-
-class ClientError(RuntimeError):
-    """The server refused the request (4xx: not retried) or answered something unusable.
-
-    ``status`` is the HTTP status (None when no valid answer came); ``message`` the server's text.
-    """
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(f"{message} (HTTP {status})" if status is not None else message)
-        self.status, self.message = status, message
-
-
-class ServerUnavailable(ClientError):
-    """No answer after all retries: connection errors or 5xx every time."""
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 
 import grpc
 
-from privsplit.runtime.grpc_server import SERVICE_NAME, STATUS_CODES
-from privsplit.runtime.grpc_wire import pb, request_to_proto, response_from_proto
+from privsplit.runtime.errors import ClientError, ServerUnavailable
+from privsplit.runtime.grpc_wire import SERVICE_NAME, STATUS_CODES, pb, request_to_proto, response_from_proto
 from privsplit.runtime.wire import InferRequest, InferResponse, ModelMetadata, TensorMetadata, WireError
 
 __all__ = ["GrpcTransport", "parse_grpc_url"]
@@ -58,8 +58,6 @@ class GrpcTransport:
 
     def call(self, name: str, request: Any, response_type: Any, *, retries: int | None = None) -> Any:
         """One unary call with retries; ClientError / ServerUnavailable as the REST transport raises."""
-        from privsplit.runtime.client import ClientError, ServerUnavailable
-
         rpc = self._rpc(name, lambda m: m.SerializeToString(), response_type.FromString)
         retries = self.retries if retries is None else retries
         last = "no attempt made"
@@ -77,8 +75,6 @@ class GrpcTransport:
 
     # ------------------------------------------------------------------ the OIP calls
     def infer(self, req: InferRequest, model_name: str) -> InferResponse:
-        from privsplit.runtime.client import ClientError
-
         resp = self.call("ModelInfer", request_to_proto(req, model_name), pb.ModelInferResponse)
         try:
             return response_from_proto(resp)

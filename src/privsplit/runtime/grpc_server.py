@@ -36,17 +36,12 @@ from typing import Any
 import grpc
 
 from privsplit.runtime.auth import KeyCheck
-from privsplit.runtime.grpc_wire import pb, request_from_proto, response_to_proto
+from privsplit.runtime.grpc_wire import SERVICE_NAME, STATUS_CODES, pb, request_from_proto, response_to_proto
 from privsplit.runtime.service import INTERNAL_ERROR, AnalyzerService, ServiceError
 from privsplit.runtime.wire import WireError
 
 __all__ = ["GrpcServer", "STATUS_CODES", "SERVICE_NAME"]
 
-SERVICE_NAME = "inference.GRPCInferenceService"
-STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-                404: grpc.StatusCode.NOT_FOUND, 409: grpc.StatusCode.FAILED_PRECONDITION,
-                413: grpc.StatusCode.RESOURCE_EXHAUSTED, 500: grpc.StatusCode.INTERNAL,
-                503: grpc.StatusCode.UNAVAILABLE}
 Handler = Callable[[Any, Any], Awaitable[Any]]
 log = logging.getLogger("privsplit.serve")
 

@@ -12,6 +12,7 @@ import math
 import struct
 from typing import Any
 
+import grpc
 import numpy as np
 
 from privsplit.runtime.proto import grpc_predict_v2_pb2 as pb
@@ -19,7 +20,7 @@ from privsplit.runtime.wire import (
     InferRequest, InferResponse, InferTensor, RequestedOutput, WireError, _bytes_elements, _check_shape, _dtype,
 )
 
-__all__ = ["pb", "params_from_proto", "params_to_proto", "request_from_proto", "request_to_proto",
+__all__ = ["SERVICE_NAME", "STATUS_CODES", "pb", "params_from_proto", "params_to_proto", "request_from_proto", "request_to_proto",
            "response_from_proto", "response_to_proto"]
 
 # the typed-contents field of each datatype (FP16 has none: raw bytes only)
@@ -27,6 +28,13 @@ _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_cont
              "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
              "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
              "FP64": "fp64_contents", "BYTES": "bytes_contents"}
+
+#: the OIP v2 gRPC service, and the gRPC code of each HTTP status the service raises
+SERVICE_NAME = "inference.GRPCInferenceService"
+STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+                404: grpc.StatusCode.NOT_FOUND, 409: grpc.StatusCode.FAILED_PRECONDITION,
+                413: grpc.StatusCode.RESOURCE_EXHAUSTED, 500: grpc.StatusCode.INTERNAL,
+                503: grpc.StatusCode.UNAVAILABLE}
 
 
 def params_from_proto(params: Any) -> dict[str, Any]:

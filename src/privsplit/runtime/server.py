@@ -27,7 +27,6 @@ This module needs the ``serve`` extra (fastapi, uvicorn); it imports neither tra
 """
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -43,6 +42,7 @@ from privsplit.defenses.bundles import ServerBundle
 from privsplit.runtime.auth import API_KEYS_ENV, KeyCheck, load_api_keys
 from privsplit.runtime.routes import MetricsMiddleware, encode_json, install_error_handlers, oip_router
 from privsplit.runtime.service import MODEL_VERSION, SERVER_NAME, AnalyzerService, ServiceError
+from privsplit.runtime.workers import bind_socket, serve_workers
 
 __all__ = ["AnalyzerService", "ServiceError", "create_app", "load_api_keys", "serve", "ServerThread",
            "API_KEYS_ENV", "DEFAULT_MAX_BODY_BYTES", "MODEL_VERSION", "SERVER_NAME", "encode_json"]
@@ -91,18 +91,6 @@ def create_app(bundle: ServerBundle | str | Path | AnalyzerService, *, api_keys:
 
 # ============================================================================ running it
 
-def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
-    """A bound TCP socket for uvicorn; ``reuse_port`` lets several worker processes bind one port."""
-    # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on sockets that say so, and without
-    # it Nagle + delayed ACKs add ~40 ms to every keep-alive response
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    return sock
-
-
 def serve(bundle: ServerBundle | str | Path, *, host: str = "127.0.0.1", port: int = 8000,
           api_keys: Iterable[str] | None = None, max_batch: int = 32, max_delay_ms: float = 2.0,
           max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, ssl_keyfile: str | None = None,
@@ -128,9 +116,7 @@ def serve(bundle: ServerBundle | str | Path, *, host: str = "127.0.0.1", port: i
                    log_level=log_level, access_log=access_log, torch_threads=torch_threads, http=http, loop=loop,
                    grpc_port=grpc_port)
     if workers > 1:
-        from privsplit.runtime.workers import serve_workers
-
-        serve_workers(bundle, workers=workers, **options)
+        serve_workers(bundle, serve_one=serve, workers=workers, **options)
         return
     if torch_threads:
         torch.set_num_threads(torch_threads)

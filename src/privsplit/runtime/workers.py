@@ -13,28 +13,41 @@ retries on the next connection (another worker). ``/metrics`` sums all workers (
 from __future__ import annotations
 
 import logging
+import socket
 import multiprocessing as mp
 import shutil
 import signal
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from privsplit.defenses.bundles import ServerBundle
-from privsplit.runtime.server import bind_socket, serve
 
-__all__ = ["serve_workers"]
+__all__ = ["serve_workers", "bind_socket"]
 
 log = logging.getLogger("privsplit.serve")
 
 
-def _worker(bundle: ServerBundle | str | Path, options: dict[str, Any]) -> None:
+def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A bound TCP socket for uvicorn; ``reuse_port`` lets several worker processes bind one port."""
+    # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on sockets that say so, and without
+    # it Nagle + delayed ACKs add ~40 ms to every keep-alive response
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def _worker(serve_one: Callable[..., None], bundle: ServerBundle | str | Path, options: dict[str, Any]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
-    serve(bundle, workers=1, reuse_port=True, **options)
+    serve_one(bundle, workers=1, reuse_port=True, **options)
 
 
-def serve_workers(bundle: ServerBundle | str | Path, *, workers: int, host: str, port: int,
+def serve_workers(bundle: ServerBundle | str | Path, *, serve_one: Callable[..., None], workers: int, host: str, port: int,
                   grpc_port: int | None = None, torch_threads: int | None = None, **options: Any) -> None:
     """Run ``workers`` processes of :func:`~privsplit.runtime.server.serve` until SIGINT/SIGTERM.
 
@@ -56,7 +69,7 @@ def serve_workers(bundle: ServerBundle | str | Path, *, workers: int, host: str,
     stopping = []
 
     def start(index: int) -> Any:
-        proc = ctx.Process(target=_worker, args=(bundle, child), name=f"privsplit-worker-{index}", daemon=False)
+        proc = ctx.Process(target=_worker, args=(serve_one, bundle, child), name=f"privsplit-worker-{index}", daemon=False)
         proc.start()
         log.warning("worker %d started (pid %d) on %s:%d%s", index, proc.pid, host, port,
                     f", gRPC {grpc_port}" if grpc_port is not None else "")
