@@ -26,12 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from privsplit.attacks.neighbors import NearestNeighborAttack
+from privsplit.attacks.common import clean_features
+from privsplit.attacks.neighbors import NearestNeighborAttack, noise_variance
 from privsplit.attacks.transfer import TransferAttack
 from privsplit.data.faces import FaceData
 from privsplit.data.splits import per_identity_split
+from privsplit.metrics.rank_enrolment import EnrolmentRankPrivacy, enrolment_rank_privacy
 
-__all__ = ["AttackData", "attack_data", "enrol_query_split", "identity_attacks"]
+__all__ = ["AttackData", "attack_data", "enrol_query_split", "identity_attacks", "enrolment_rank_privacy_of"]
 
 
 @dataclass
@@ -151,3 +153,17 @@ def identity_attacks(embedding: Any, data: AttackData, *, primary: str, transfer
         if "head" in res.details:
             row["transfer_head"] = res.details["head"]
     return row
+
+
+def enrolment_rank_privacy_of(embedding: Any, data: AttackData, *, seed: int = 0,
+                              n_boot: int = 2000) -> EnrolmentRankPrivacy | None:
+    """Enrolment rank privacy (:mod:`privsplit.metrics.rank_enrolment`) of an embedding: references = the
+    clean features of ``data.enrol`` (the attacker's client copy), queries = the received (noisy) features
+    of ``data.query``, kernel = the public noise std. None for a noiseless embedding (no kernel width)."""
+    clean = clean_features(embedding, data.enrol)[0]
+    var = noise_variance(embedding.noise, tuple(clean.shape[1:]))
+    if not bool((var > 0).all()):
+        return None
+    received = embedding.noise(clean_features(embedding, data.query)[0])
+    return enrolment_rank_privacy(clean, data.enrol.labels[data.sensitive], received,
+                                  data.query.labels[data.sensitive], sigma=var.sqrt(), seed=seed, n_boot=n_boot)

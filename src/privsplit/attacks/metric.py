@@ -137,23 +137,28 @@ class MetricAttack(IdentityAttack):
 
     def evaluate(self, test: FaceData, *, column: str = "identity", primary: str | None = None,
                  repeats: int = 1, per_user: int = 1) -> AttackResult:
-        """Top-1/top-5 (as every identity attack) plus verification AUC and TAR at FAR = 1e-3 on the queries."""
+        """Top-1/top-5 (as every identity attack) plus verification AUC and TAR at FAR = 1e-3 on the
+        queries (impostor pairs matched on ``primary`` when given)."""
         result = super().evaluate(test, column=column, primary=primary, repeats=repeats, per_user=per_user)
         assert self.last_embedded is not None
-        ver = verification_figures(self.last_embedded, test.labels[column], seed=self.seed)
+        ver = verification_figures(self.last_embedded, test.labels[column], seed=self.seed,
+                                   primary=None if primary is None else test.labels[primary])
         result.figures.update(ver)
         result.details["options"] = dict(self.options)
         result.details["loss"] = "normalised softmax with additive cosine margin (CosFace)"
         return result
 
 
-def _pairs(emb: Tensor, groups: Tensor, max_impostors: int, gen: torch.Generator) -> tuple[Tensor, ...]:
-    """Cosine similarity of every genuine pair and of up to ``max_impostors`` random impostor pairs."""
+def _pairs(emb: Tensor, groups: Tensor, primary: Tensor | None, max_impostors: int,
+           gen: torch.Generator) -> tuple[Tensor, ...]:
+    """Cosine similarity of every genuine pair and of up to ``max_impostors`` random impostor pairs
+    (impostors share the primary label when ``primary`` is given)."""
     n = len(emb)
     i, j = torch.triu_indices(n, n, offset=1)
     same = groups[i] == groups[j]
+    impostor = ~same if primary is None else ~same & (primary[i] == primary[j])
     gi, gj = i[same], j[same]
-    ii, ij = i[~same], j[~same]
+    ii, ij = i[impostor], j[impostor]
     if len(ii) > max_impostors:
         pick = torch.randperm(len(ii), generator=gen)[:max_impostors]
         ii, ij = ii[pick], ij[pick]
@@ -177,17 +182,19 @@ def _weighted_verification(scores: Tensor, genuine: Tensor, weight: Tensor, far:
     return auc, tar
 
 
-def verification_figures(embedded: Tensor, groups: Tensor, *, far: float = 1e-3, max_impostors: int = 200_000,
-                         n_boot: int = 200, seed: int = 0) -> dict[str, Figure]:
+def verification_figures(embedded: Tensor, groups: Tensor, *, primary: Tensor | None = None, far: float = 1e-3,
+                         max_impostors: int = 200_000, n_boot: int = 200, seed: int = 0) -> dict[str, Figure]:
     """Verification of query pairs (same person or not) from L2-normalised embeddings.
 
     Genuine pairs: every pair of queries of one identity; impostor pairs: up to ``max_impostors`` random
-    pairs of different identities. Figures: ``verification_auc`` (ROC AUC) and ``tar_at_far`` (true
+    pairs of different identities -- with ``primary`` (labels per query) only pairs that share the
+    primary label, so an embedding that carries the primary label and nothing else scores the chance
+    floor (AUC 0.5, TAR = FAR) instead of looking like a face verifier. Figures: ``verification_auc`` (ROC AUC) and ``tar_at_far`` (true
     accept rate at false accept rate ``far``), with 95% intervals by bootstrap over identities (a pair
     is weighted by how often its identities are drawn: genuine by ``w_a``, impostor by ``w_a * w_b``).
     """
     gen = torch.Generator().manual_seed(seed)
-    scores, ga, gb, genuine = _pairs(embedded.double(), groups, max_impostors, gen)
+    scores, ga, gb, genuine = _pairs(embedded.double(), groups, primary, max_impostors, gen)
     order = torch.argsort(scores)
     ga, gb, genuine = ga[order], gb[order], genuine[order]
     _, inv = torch.unique(torch.cat([ga, gb]), return_inverse=True)
