@@ -176,3 +176,21 @@ def test_enrolment_rank_privacy_of_an_embedding(planted, primary_only):
     assert ident.privacy < 0.15 and ident.ci95[1] < gender.ci95[0]
     assert gender.privacy == pytest.approx(4.5 / 20, abs=0.04)  # rank among the 10 same-gender people: 4.5/T
     assert enrolment_rank_privacy_of(planted.embedding(0.0), attack_data(planted.targets)) is None
+
+
+def test_noise_spec_and_shrinkage_and_registry():
+    from privsplit.attacks.neighbors import noise_variance, shrunk_covariance
+    from privsplit.defenses.noise import GaussianNoise, NoNoise
+
+    std_noise = GaussianNoise(sigma=0.5, scale="std", std=torch.tensor([1.0, 2.0]))
+    assert torch.allclose(noise_variance(std_noise, (2,), repeats=4), torch.tensor([0.0625, 0.25], dtype=torch.float64))
+    assert torch.equal(noise_variance(NoNoise(), (3,)), torch.zeros(3, dtype=torch.float64))
+    x = torch.randn(50, 3, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 10.0, 0.1])
+    full, a = shrunk_covariance(x, shrinkage=1.0)
+    assert a == 1.0 and torch.allclose(full, torch.diag(torch.diagonal(full)))
+    lw, a = shrunk_covariance(x)
+    assert 0 <= a <= 1 and torch.allclose(torch.diagonal(lw), (x.double() ** 2).mean(0))  # variances kept
+    for name in ("1-nn", "likelihood", "metric"):
+        assert ATTACKS.get(name).name == name and ATTACKS.get(name).profiles == {"fast", "full"}
+    with pytest.raises(ValueError, match="pass aux="):
+        ATTACKS.build("metric", planted_faces(n_targets=2, per_target=3, n_aux=2, per_aux=2).embedding())
