@@ -189,9 +189,10 @@ def verification_figures(embedded: Tensor, groups: Tensor, *, primary: Tensor | 
     Genuine pairs: every pair of queries of one identity; impostor pairs: up to ``max_impostors`` random
     pairs of different identities -- with ``primary`` (labels per query) only pairs that share the
     primary label, so an embedding that carries the primary label and nothing else scores the chance
-    floor (AUC 0.5, TAR = FAR) instead of looking like a face verifier. Figures: ``verification_auc`` (ROC AUC) and ``tar_at_far`` (true
-    accept rate at false accept rate ``far``), with 95% intervals by bootstrap over identities (a pair
-    is weighted by how often its identities are drawn: genuine by ``w_a``, impostor by ``w_a * w_b``).
+    floor (AUC 0.5, TAR = FAR) instead of looking like a face verifier. Figures: ``verification_auc``
+    (ROC AUC) and ``tar_at_far`` (true accept rate at false accept rate ``far``), with 95% intervals by
+    bootstrap over identities (a pair is weighted by how often its identities are drawn: genuine by
+    ``w_a``, impostor by ``w_a * w_b``).
     """
     gen = torch.Generator().manual_seed(seed)
     scores, ga, gb, genuine = _pairs(embedded.double(), groups, primary, max_impostors, gen)
