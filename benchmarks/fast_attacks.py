@@ -23,6 +23,7 @@ import torch
 from privsplit.attacks import ATTACKS
 from privsplit.attacks.data import attack_data, enrolment_rank_privacy_of
 from privsplit.defenses.bundles import embedding_from_bundles, load_client_bundle, load_server_bundle
+from privsplit.metrics.intervals import paired_bootstrap
 from privsplit.report.experiments import rank_privacy_of
 from privsplit.train.run import attack_group, load_run
 
@@ -33,7 +34,8 @@ def _fig(f) -> str:
 
 def attack_bundle(bundle: Path, data, primary: str, *, epochs: int, repeats: list[int], seed: int) -> dict:
     emb = embedding_from_bundles(load_client_bundle(bundle / "client"), load_server_bundle(bundle / "server"))
-    row: dict = {"bundle": bundle.name, "kind": emb.kind, "attacks": {}, "seconds": {}}
+    row: dict = {"bundle": bundle.name, "kind": emb.kind, "attacks": {}, "seconds": {}, "vs_1nn": {}}
+    nn_hits = None
     for name in ("1-nn", "likelihood", "metric"):
         t0 = time.perf_counter()
         opts = {"epochs": epochs} if name == "metric" else {}
@@ -42,6 +44,12 @@ def attack_bundle(bundle: Path, data, primary: str, *, epochs: int, repeats: lis
             res = attack.evaluate(data.query, primary=primary, repeats=k)
             row["attacks"][f"{name}@k={k}"] = {n: {"value": f.value, "ci95": list(f.ci95)} for n, f in res.figures.items()}
             row["references"] = res.references
+            if nn_hits is None:
+                nn_hits = res.hits["top1"]
+            else:  # same query photos, so a paired bootstrap over identities
+                test = paired_bootstrap(res.hits["top1"], nn_hits, res.groups, seed=seed)
+                row["vs_1nn"][f"{name}@k={k}"] = str(test)
+                print(f"  {name} k={k} minus 1-NN: {test}", flush=True)
             print(f"{bundle.name} {name} k={k}: " + ", ".join(f"{n} {_fig(f) if f.percent else f}"
                                                                for n, f in res.figures.items()), flush=True)
         row["seconds"][name] = time.perf_counter() - t0
@@ -79,6 +87,9 @@ def markdown(rows: list[dict], command: str, data) -> str:
             cells.append("" if v is None else f"{v['value']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"
                          if isinstance(v, dict) else f"{v:.3f}")
         lines.append(f"| {key.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    lines.append("\nPaired bootstrap over identities, attack minus 1-NN (top-1, same query photos):\n")
+    for r in rows:
+        lines.extend(f"* {r['bundle']} {a}: {t}" for a, t in r["vs_1nn"].items())
     lines.append("\nSeconds per attack (fit + evaluate): " + "; ".join(
         f"{r['bundle']}: " + ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items()) for r in rows))
     return "\n".join(lines) + "\n"
