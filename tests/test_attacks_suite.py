@@ -194,3 +194,18 @@ def test_noise_spec_and_shrinkage_and_registry():
         assert ATTACKS.get(name).name == name and ATTACKS.get(name).profiles == {"fast", "full"}
     with pytest.raises(ValueError, match="pass aux="):
         ATTACKS.build("metric", planted_faces(n_targets=2, per_target=3, n_aux=2, per_aux=2).embedding())
+
+
+def test_spatial_features_take_the_conv_path(planted):
+    from planted import PlantedEmbedding
+    from privsplit.defenses.noise import GaussianNoise
+
+    spatial = PlantedEmbedding(planted.features.view(-1, 3, 2, 1),
+                               noise=GaussianNoise(sigma=SIGMA, deterministic=True, seed=0))
+    data = attack_data(planted.targets, aux=planted.aux)
+    for name in MARGIN:
+        options = dict(METRIC, epochs=6) if name == "metric" else {}
+        attack = ATTACKS.build(name, spatial, aux=planted.aux, **options).fit(data.enrol)
+        if name == "metric":
+            assert isinstance(attack.net[1], torch.nn.Conv2d)
+        assert attack.evaluate(data.query).figures["top1"].value > 0.25  # chance 5%
