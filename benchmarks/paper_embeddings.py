@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
+from privsplit.attacks.data import attack_data
 from privsplit.attacks.transfer import TransferConfig
 from privsplit.defenses.build import SiameseConfig
-from privsplit.report.experiments import attack_data, embedding_table
+from privsplit.report.experiments import embedding_table
 from privsplit.report.plots import plot_attack_bars
 from privsplit.train.loops import TrainConfig
 from privsplit.train.run import load_run
@@ -40,7 +41,7 @@ def main() -> None:
     torch.manual_seed(0)
     args.out.mkdir(parents=True, exist_ok=True)
     art, p = load_run(args.run)
-    data = attack_data(p.attack, per_identity=args.per_identity, n_train=args.n_train, group=args.group)
+    data = attack_data(p.attack, per_identity=args.per_identity, n_enrol=args.n_train, group=args.group)
     transfer = None if args.no_transfer else TransferConfig(epochs=args.attack_epochs, head=args.head)
     siamese = SiameseConfig(train=TrainConfig(epochs=args.siamese_epochs, lr=5e-4, warmup_fraction=0.0))
     t0 = time.perf_counter()

@@ -16,8 +16,9 @@ import json
 import time
 from pathlib import Path
 
+from privsplit.attacks.data import attack_data
 from privsplit.defenses.build import SiameseConfig, build_embedding, cached_siamese
-from privsplit.report.experiments import attack_data, noise_tradeoff
+from privsplit.report.experiments import noise_tradeoff
 from privsplit.report.plots import plot_tradeoff
 from privsplit.train.loops import TrainConfig
 from privsplit.train.run import load_run
@@ -35,7 +36,7 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     art, p = load_run(args.run, progress=False)
-    data = attack_data(p.attack)
+    data = attack_data(p.attack, per_identity=20)
     curves, rows = {}, []
 
     def advanced(layer: str, w: float) -> list[dict]:

@@ -24,10 +24,16 @@ from __future__ import annotations
 
 from privsplit.attacks.base import ATTACKS, Attack, AttackResult, Figure, IdentityAttack, identity_result, wilson_interval
 from privsplit.attacks.common import primary_label_floor, received_features
-from privsplit.attacks.transfer import NearestNeighborAttack, TransferAttack, TransferConfig
+from privsplit.attacks.data import AttackData, attack_data, identity_attacks
+from privsplit.attacks.evidence import combine_evidence
+from privsplit.attacks.metric import MetricAttack, verification_figures
+from privsplit.attacks.neighbors import LikelihoodAttack, NearestNeighborAttack, noise_variance
+from privsplit.attacks.transfer import TransferAttack, TransferConfig
 
 __all__ = ["ATTACKS", "Attack", "IdentityAttack", "AttackResult", "Figure", "identity_result", "wilson_interval",
-           "primary_label_floor", "received_features", "NearestNeighborAttack", "TransferAttack", "TransferConfig"]
+           "primary_label_floor", "received_features", "NearestNeighborAttack", "LikelihoodAttack", "MetricAttack",
+           "noise_variance", "verification_figures", "combine_evidence", "AttackData", "attack_data",
+           "identity_attacks", "TransferAttack", "TransferConfig"]
 
 from privsplit.attacks.reconstruction import (  # noqa: E402
     Decoder, ReconConfig, ReconstructionAttack, save_reconstruction_grid,

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from privsplit.attacks.common import clean_features, primary_label_floor
+from privsplit.attacks.evidence import combine_evidence
 from privsplit.data.faces import FaceData
 from privsplit.metrics.intervals import cluster_bootstrap_ci, wilson_interval
 from privsplit.registry import Registry
@@ -153,13 +154,18 @@ class IdentityAttack(Attack):
         return torch.tensor([lookup[int(v)] for v in data.labels[column].tolist()], dtype=torch.int64)
 
     def evaluate(self, test: FaceData, *, column: str = "identity", primary: str | None = None,
-                 repeats: int = 1) -> AttackResult:
+                 repeats: int = 1, per_user: int = 1) -> AttackResult:
+        """``per_user=m`` scores disjoint sets of m query photos of one person together (summed
+        log-probabilities, :func:`privsplit.attacks.evidence.combine_evidence`): one row per set."""
         if not self.classes:
             raise RuntimeError(f"call fit() before evaluate() on the {self.name} attack")
         y = self.targets(test, column)
         scores = self.score(self.received(test, repeats=repeats), repeats=repeats)
+        if per_user > 1:
+            scores, y, first = combine_evidence(scores, y, per_user, seed=self.seed)
+            test = test.subset(first)
         result = identity_result(self.name, self.embedding_name, scores, y, test, primary, seed=self.seed)
-        result.details["repeats"] = repeats
+        result.details.update(repeats=repeats, per_user=per_user)
         return result
 
 

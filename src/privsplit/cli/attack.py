@@ -7,11 +7,12 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from privsplit.attacks.data import attack_data, identity_attacks
 from privsplit.attacks.transfer import TransferConfig
 from privsplit.cli.common import console, friendly_errors
 from privsplit.defenses.bundles import embedding_from_bundles, load_client_bundle, load_server_bundle
 from privsplit.metrics.rank import primary_label_ceiling
-from privsplit.report.experiments import attack_data, identity_attacks, rank_privacy_of
+from privsplit.report.experiments import rank_privacy_of
 from privsplit.train.run import attack_group, load_run
 
 KINDS = ("transfer", "nn", "rank", "reconstruction")

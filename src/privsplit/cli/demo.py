@@ -36,10 +36,10 @@ def demo(
     noise: float = typer.Option(0.5, help="Noise sigma of the advanced embedding (units of feature std)."),
 ) -> None:
     """Train, embed, serve, infer through the client, attack: the whole pipeline in a few minutes."""
+    from privsplit.attacks.data import attack_data, identity_attacks
     from privsplit.attacks.transfer import TransferConfig
     from privsplit.defenses.bundles import load_client_bundle, save_bundles
     from privsplit.defenses.build import SiameseConfig, build_embedding, cached_siamese
-    from privsplit.report.experiments import attack_data, identity_attacks
     from privsplit.runtime.client import Client
 
     try:

@@ -14,7 +14,10 @@ and ranks the ``T`` classes by it. For each noisy point ``z_i``::
     privacy_i = rank_i / T                           (paper)
     privacy   = mean_i privacy_i                     (paper's Privacy_total)
 
-so ``privacy == 0`` means the true class is always ranked strictly first. Exact ties are counted half,
+so ``privacy == 0`` means the true class is always ranked strictly first. The paper's ranks are
+1-based (best rank 1, privacy >= 1/T); ours are 0-based, so the paper's value = ours + 1/T. The
+enrolment form (clean enrolment references, noisy held-out queries) is
+:mod:`privsplit.metrics.rank_enrolment`. Exact ties are counted half,
 so a uniformly random ranking gives ``E[rank] = (T-1)/2`` and ``privacy -> (T-1)/(2T)`` (about 0.5).
 
 Levels:

@@ -39,10 +39,10 @@ class Context:
         return self._run
 
     def attack_data(self) -> Any:
-        from privsplit.report.experiments import attack_data
+        from privsplit.attacks.data import attack_data
 
         _, p = self.run()
-        return attack_data(p.attack, per_identity=self.cfg["per_identity"], n_train=self.cfg["n_train"],
+        return attack_data(p.attack, per_identity=self.cfg["per_identity"], n_enrol=self.cfg["n_train"],
                            seed=self.cfg["seed"], group=self.cfg.get("attack_group"))
 
     def figure(self, name: str) -> Path:

@@ -11,51 +11,20 @@ from typing import Any
 import torch
 
 from privsplit.attacks.common import clean_features
-from privsplit.attacks.transfer import NearestNeighborAttack, TransferAttack, TransferConfig
+from privsplit.attacks.data import AttackData, identity_attacks
+from privsplit.attacks.transfer import TransferConfig
 from privsplit.data.faces import FaceData
-from privsplit.data.splits import per_identity_split
 from privsplit.defenses.build import PAPER_DIMS, SiameseConfig, build_embedding, cached_siamese
 from privsplit.defenses.embedding import Embedding
 from privsplit.defenses.noise import GaussianNoise
 from privsplit.metrics.rank import primary_label_ceiling, rank_privacy
 from privsplit.train.loops import evaluate
 
-__all__ = ["AttackData", "attack_data", "identity_attacks", "rank_privacy_of", "noise_tradeoff", "embedding_table",
+__all__ = ["rank_privacy_of", "noise_tradeoff", "embedding_table",
            "EMBEDDING_TABLE_KINDS"]
 
 #: the embeddings of the paper's Table I / Fig. 9
 EMBEDDING_TABLE_KINDS = ("simple", "reduced-simple", "siamese", "reduced-siamese")
-
-
-class AttackData:
-    """The attacker's balanced images: ``train`` (to fit attacks) and ``test`` (to evaluate), plus ``all``."""
-
-    def __init__(self, all_images: FaceData, *, per_identity: int = 20, n_train: int = 15, seed: int = 0,
-                 sensitive: str = "identity", group: str | None = None) -> None:
-        groups = all_images.manifest.column(group) if group else None
-        tr, te = per_identity_split(all_images.manifest.column(sensitive), per_identity=per_identity,
-                                    n_train=n_train, seed=seed, groups=groups)
-        self.all, self.train, self.test = all_images, all_images.subset(tr), all_images.subset(te)
-
-
-def attack_data(all_images: FaceData, **kwargs: Any) -> AttackData:
-    return AttackData(all_images, **kwargs)
-
-
-def identity_attacks(embedding: Embedding, data: AttackData, *, primary: str, transfer: TransferConfig | None,
-                     name: str | None = None) -> dict[str, Any]:
-    """Transfer-learning (if ``transfer``) and 1-NN identity attacks on one embedding."""
-    row: dict[str, Any] = {"embedding": name or embedding.kind, "layer": embedding.layer}
-    knn = NearestNeighborAttack(embedding, embedding_name=name).fit(data.train).evaluate(data.test, primary=primary)
-    row["nn_top1"], row["nn_top5"] = knn.figures["top1"].value, knn.figures["top5"].value
-    row.update(knn.references)
-    if transfer is not None:
-        res = TransferAttack(embedding, config=transfer, embedding_name=name).fit(data.train).evaluate(
-            data.test, primary=primary)
-        row["transfer_top1"], row["transfer_top5"] = res.figures["top1"].value, res.figures["top5"].value
-        row["transfer_top1_ci95"] = list(res.figures["top1"].ci95)
-        row["transfer_lr"] = res.details["lr"]
-    return row
 
 
 def rank_privacy_of(embedding: Embedding, data: FaceData, *, sensitive: str = "identity",
