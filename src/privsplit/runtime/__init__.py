@@ -16,7 +16,7 @@ from typing import Any
 
 _EXPORTS = {
     "Client": "client", "ClientError": "client", "ServerUnavailable": "client", "Prediction": "client",
-    "OnnxExtractor": "client", "load_images": "client",
+    "load_images": "client",
     "create_app": "server", "serve": "server", "AnalyzerService": "server", "ServerThread": "server",
     "ServiceError": "server", "load_api_keys": "server",
     "MicroBatcher": "batching", "BatcherClosed": "batching",
