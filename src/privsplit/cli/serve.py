@@ -41,8 +41,15 @@ def serve(
     access_log: bool = typer.Option(False, help="Log every request (costs throughput)."),
     http: str = typer.Option("auto", help="uvicorn HTTP parser: auto | h11 | httptools."),
     loop: str = typer.Option("auto", help="uvicorn event loop: auto | asyncio | uvloop."),
+    ui: bool = typer.Option(False, "--ui", help="Also serve a web page at /ui/ that runs the client extractor in the "
+                                               "browser (the photo never leaves the page). No login: loopback demos "
+                                               "or behind your own authentication."),
+    client_bundle: Path = typer.Option(None, "--client-bundle", help="Client bundle for --ui (the page's extractor "
+                                                                     "and noise)."),
+    onnx: Path = typer.Option(None, "--onnx", help="--ui: the client's exported ONNX file (default: CLIENT_BUNDLE/"
+                                                   "client.onnx, else exported into the cache)."),
 ) -> None:
-    """Serve the analyzer: /v2 health, metadata, infer (JSON or binary tensors), /metrics."""
+    """Serve the analyzer: /v2 health, metadata, infer (JSON or binary tensors), /metrics; --ui adds a web page."""
     try:
         from privsplit.runtime.server import load_api_keys
         from privsplit.runtime.server import serve as run_server
@@ -62,6 +69,44 @@ def serve(
     if not _is_loopback(host) and not ssl_certfile:
         console.print("[bold yellow]warning:[/] no TLS: features and API keys travel in clear text "
                       "(pass --ssl-keyfile/--ssl-certfile or terminate TLS at a proxy)")
+    if ui or client_bundle is not None:
+        _serve_ui(bundle, client_bundle, onnx, host=host, port=port, keys=keys, max_batch=max_batch,
+                  max_delay_ms=max_delay_ms, max_body_bytes=max_body_bytes, ssl_keyfile=ssl_keyfile,
+                  ssl_certfile=ssl_certfile, log_level=log_level, access_log=access_log, threads=threads, http=http,
+                  loop=loop, scheme=scheme)
+        return
     run_server(bundle, host=host, port=port, api_keys=keys, max_batch=max_batch, max_delay_ms=max_delay_ms,
                max_body_bytes=max_body_bytes, ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile,
                log_level=log_level, access_log=access_log, torch_threads=threads or None, http=http, loop=loop)
+
+
+def _serve_ui(bundle: object, client_bundle: Path | None, onnx: Path | None, *, host: str, port: int, keys: list[str],
+              scheme: str, threads: int, **opts: object) -> None:
+    """``serve --ui``: the OIP app of ``create_app`` plus :func:`privsplit.runtime.ui.mount_ui`, run by uvicorn."""
+    if client_bundle is None:
+        raise ValueError("--ui needs --client-bundle CLIENT_BUNDLE (the page runs its extractor and adds its noise)")
+    import torch
+    import uvicorn
+
+    from privsplit.defenses.bundles import check_pair, load_client_bundle
+    from privsplit.runtime.server import create_app
+    from privsplit.runtime.ui import mount_ui
+
+    check_pair(load_client_bundle(client_bundle), bundle)  # type: ignore[arg-type]
+    if keys:
+        console.print("[bold yellow]warning:[/] --ui with API keys: the page holds no key, so its requests get 401 "
+                      "unless a proxy in front adds one after authenticating the user")
+    if not _is_loopback(host):
+        console.print("[bold yellow]warning:[/] --ui beyond loopback: the page has no login; put it behind your own "
+                      "authentication")
+    if threads:
+        torch.set_num_threads(threads)
+    if (opts["ssl_keyfile"] is None) != (opts["ssl_certfile"] is None):
+        raise ValueError("TLS needs both --ssl-keyfile and --ssl-certfile")
+    app = create_app(bundle, api_keys=keys, max_batch=opts["max_batch"], max_delay_ms=opts["max_delay_ms"],
+                     max_body_bytes=opts["max_body_bytes"])
+    mount_ui(app, client_bundle, onnx_path=onnx)
+    console.print(f"page: {scheme}://{host}:{port}/ui/")
+    uvicorn.run(app, host=host, port=port, ssl_keyfile=opts["ssl_keyfile"], ssl_certfile=opts["ssl_certfile"],
+                log_level=opts["log_level"], access_log=opts["access_log"], timeout_graceful_shutdown=10,
+                http=opts["http"], loop=opts["loop"])

@@ -16,6 +16,7 @@ model trained on LFW's centre crop sees the framing it was trained on. Light mod
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -85,9 +86,13 @@ class HogDetector(FaceDetector):
 
         self._detector, self._landmarks = face_detector(), shape_predictor()
         self.upsample = tuple(int(u) for u in upsample)
+        self._lock = threading.Lock()  # dlib's objects are not safe to call from two threads at once (segfaults)
 
     def __call__(self, image: np.ndarray) -> list[Face]:
-        image = np.ascontiguousarray(image)
+        with self._lock:
+            return self._detect(np.ascontiguousarray(image))
+
+    def _detect(self, image: np.ndarray) -> list[Face]:
         for up in self.upsample:
             boxes = self._detector(image, up)
             if len(boxes):
@@ -120,15 +125,17 @@ class StubDetector(FaceDetector):
 
 
 _CACHE: dict[str, FaceDetector] = {}
+_CACHE_LOCK = threading.Lock()
 
 
 def get_detector(name: str | FaceDetector) -> FaceDetector:
     """A detector instance by registry name (one per process: dlib's models load once) or passed through."""
     if isinstance(name, FaceDetector):
         return name
-    if name not in _CACHE:
-        _CACHE[name] = DETECTORS.build(name)
-    return _CACHE[name]
+    with _CACHE_LOCK:
+        if name not in _CACHE:
+            _CACHE[name] = DETECTORS.build(name)
+        return _CACHE[name]
 
 
 def set_detector(name: str, detector: FaceDetector) -> None:
