@@ -46,13 +46,13 @@ def balanced_ci(hit: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_boot: i
     return bal(hit, y), float(lo), float(hi)
 
 
-def summary(pred: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict:
+def summary(pred: np.ndarray, y: np.ndarray, groups: np.ndarray, classes: list[str]) -> dict:
     hit = (pred == y).astype(np.float64)
     b, lo, hi = balanced_ci(hit, y, groups)
     alo, ahi = cluster_bootstrap_ci(torch.from_numpy(hit), torch.from_numpy(groups))
     return {"n": int(len(y)), "people": int(len(np.unique(groups))), "balanced_accuracy": b,
             "balanced_ci95": [lo, hi], "accuracy": float(hit.mean()), "accuracy_ci95": [alo, ahi],
-            "per_class": {str(c): float(hit[y == c].mean()) for c in np.unique(y)}}
+            "per_class": {classes[c]: float(hit[y == c].mean()) for c in np.unique(y)}}
 
 
 @torch.inference_mode()
@@ -103,10 +103,10 @@ def main() -> None:
         "data": str(args.data), "photos": len(rows), "detection_rate": float(found_arr.mean()),
         "detect_align_seconds_per_photo": {"mean": float(sec.mean()), "median": float(np.median(sec)),
                                            "p90": float(np.percentile(sec, 90)), "threads": 1},
-        "centre_crop": summary(pc, y, groups),
-        "detect_align_fallback_centre": summary(pa, y, groups),
-        "detected_only": {"centre_crop": summary(pc[found_arr], y[found_arr], groups[found_arr]),
-                          "detect_align": summary(pa[found_arr], y[found_arr], groups[found_arr])},
+        "centre_crop": summary(pc, y, groups, art.classes),
+        "detect_align_fallback_centre": summary(pa, y, groups, art.classes),
+        "detected_only": {"centre_crop": summary(pc[found_arr], y[found_arr], groups[found_arr], art.classes),
+                          "detect_align": summary(pa[found_arr], y[found_arr], groups[found_arr], art.classes)},
     }
     args.out.write_text(json.dumps(result, indent=1))
     for k in ("centre_crop", "detect_align_fallback_centre"):

@@ -175,7 +175,7 @@ def test_client_prepares_like_training(stub, tmp_path):
 
     from privsplit.data.transforms import normalize
     from privsplit.defenses.bundles import load_client_bundle
-    from privsplit.runtime.client import Client
+    from privsplit.runtime.client import Client, load_images
 
     folder = build_bundles(tmp_path)[0][0]
     bundle = load_client_bundle(folder, deterministic_noise=True, seed=0)
@@ -193,6 +193,10 @@ def test_client_prepares_like_training(stub, tmp_path):
     np.testing.assert_allclose(z, want, atol=1e-5)
     with pytest.raises(NoFaceError, match="no face found in image 1"):
         client.features([photos[0], np.zeros((50, 50, 3), np.uint8)])
+    # a centre-crop bundle + detector="stub" (privsplit infer --align): the same aligned pixels
+    centre = dataclasses.replace(bundle, preprocess=Preprocess(size=SIZE, crop=CROP))
+    np.testing.assert_array_equal(load_images(photos, centre.preprocess, detector="stub"), pix)
+    assert not np.array_equal(load_images(photos, centre.preprocess), pix)
 
 
 def test_device_client_imports_no_training_attack_or_report_code():

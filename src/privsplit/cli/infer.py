@@ -27,6 +27,9 @@ def infer(
     retries: int = typer.Option(3, min=0, help="Retries on connection errors and 5xx."),
     batch_size: int = typer.Option(64, min=1, help="Images per request."),
     model_name: str = typer.Option(None, help="Served model name (default: the bundle's)."),
+    align: str = typer.Option(None, help="Face detector for photos that are not LFW-style crops (dlib-hog): detect "
+                                          "the largest face and align it to the training framing (default: the "
+                                          "bundle's own preprocess)."),
     test_noise_seed: int = typer.Option(None, hidden=True, help="Tests only: reproducible noise from this seed."),
 ) -> None:
     """Extract noised features on this machine, send only them, print the predicted labels."""
@@ -35,7 +38,7 @@ def infer(
 
     bundle = load_client_bundle(client_bundle, deterministic_noise=test_noise_seed is not None, seed=test_noise_seed)
     client = Client(bundle, server, api_key=api_key, binary=binary, timeout=timeout, retries=retries,
-                    batch_size=batch_size, model_name=model_name)
+                    batch_size=batch_size, model_name=model_name, detector=align)
     try:
         preds = client.infer([str(p) for p in images])
     except ClientError as exc:

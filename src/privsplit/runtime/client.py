@@ -114,7 +114,9 @@ class Client:
         onnx_path: the exported extractor for ``extractor="onnx"``, run by
             :class:`privsplit.edge.onnx_runtime.OnnxExtractor` (one thread) after checking that it was exported
             from this client bundle (embedding id and tensor SHA-256; ``BundleError`` otherwise).
-        detector: a face detector instance overriding the bundle's ``align`` detector (tests, mobile ports).
+        detector: a face detector (registry name such as ``"dlib-hog"``, or an instance: a test stub, a mobile
+            port) to detect + align faces even when the bundle's preprocess centre-crops (photos that are not
+            LFW-style crops; the alignment reproduces the training framing), or to replace its ``align`` detector.
         model_name: the served model's name (default: the bundle's).
         batch_size: most images per request in :meth:`infer`.
         ssl_context: for ``https`` URLs (default: the system's verified context).
