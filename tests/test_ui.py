@@ -184,3 +184,15 @@ def test_browser_extracts_noises_and_sends_only_k_floats(bundles, tmp_path):
         assert len(post["body"]) < 200 + 30 * k  # a few hundred bytes: no image could fit
     assert {r["label"] for r in results} <= {"F", "M"}
     assert all(0.5 <= r["probability"] <= 1 for r in results)
+
+
+def test_serve_ui_needs_a_matching_client_bundle(bundles):
+    from typer.testing import CliRunner
+
+    from privsplit.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["serve", str(bundles[0][1]), "--ui"])
+    assert res.exit_code != 0 and "--ui needs --client-bundle" in res.output
+    res = runner.invoke(app, ["serve", str(bundles[0][1]), "--ui", "--client-bundle", str(bundles[1][0])])
+    assert res.exit_code != 0 and "client bundle" in res.output and "server bundle" in res.output
