@@ -1,6 +1,6 @@
 """Measure LFW's framing: where dlib's 5 landmarks fall in LFW's 250x250 frames (mean over images).
 
-The result is the alignment template of :mod:`privsplit.device.faces` (``LFW_LANDMARKS``): aligned crops put
+The result is the alignment template of :mod:`privsplit.data.align` (``LFW_LANDMARKS``): aligned crops put
 the eyes and nose where LFW puts them, so a model trained on LFW's centre crop sees the framing it was
 trained on. Chosen on LFW only (never on celeba_wild_dev).
 

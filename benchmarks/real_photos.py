@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from privsplit.data.transforms import Preprocess, normalize, prepare_image, read_rgb
-from privsplit.device import NoFaceError
+from privsplit.data.align import NoFaceError
 from privsplit.metrics.intervals import cluster_bootstrap_ci
 from privsplit.train.artifacts import load_model
 

@@ -19,8 +19,9 @@ from PIL import Image
 
 from privsplit.data.synthetic import render_face, sample_identity
 from privsplit.data.transforms import Preprocess, decode_image, prepare_faces, prepare_image
-from privsplit.device import DETECTORS, Face, NoFaceError, StubDetector, detect, pixel_key, set_detector, template
-from privsplit.device.faces import _similarity
+from privsplit.data.align import (
+    DETECTORS, Face, NoFaceError, StubDetector, _similarity, detect, pixel_key, set_detector, template,
+)
 
 CROP, SIZE = 0.6, 32
 
@@ -99,7 +100,7 @@ def test_similarity_fit_is_exact_for_a_similarity():
 
 def test_identity_alignment_reproduces_an_lfw_crop(stub):
     """Landmarks exactly at LFW's mean positions in a 250 px frame: alignment = today's centre crop (same resize)."""
-    from privsplit.device import LFW_LANDMARKS
+    from privsplit.data.align import LFW_LANDMARKS
 
     photo = np.random.default_rng(2).integers(0, 256, (250, 250, 3), dtype=np.uint8)
     photo = np.asarray(Image.fromarray(photo).resize((25, 25)).resize((250, 250), Image.Resampling.BILINEAR))
@@ -200,7 +201,7 @@ def test_client_prepares_like_training(stub, tmp_path):
 
 
 def test_device_client_imports_no_training_attack_or_report_code():
-    code = ("import sys, privsplit.runtime.client, privsplit.device; "
+    code = ("import sys, privsplit.runtime.client, privsplit.data.align; "
             "print([m for m in sys.modules if m.split('.')[1:2] and m.split('.')[1] in "
             "('train', 'attacks', 'audit', 'report', 'cli') or m.endswith('runtime.server')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

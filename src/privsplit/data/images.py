@@ -14,7 +14,7 @@ from privsplit.config import cache_dir
 from privsplit.data.errors import DataError
 from privsplit.data.manifest import Manifest
 from privsplit.data.transforms import Preprocess, decode_image
-from privsplit.device.faces import NoFaceError
+from privsplit.data.align import NoFaceError
 from privsplit.progress import progress_bar
 
 __all__ = ["DecodedImages", "decode_manifest"]

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from privsplit.data.errors import DataError
-from privsplit.device.faces import DETECTORS, align_crop, detect
+from privsplit.data.align import DETECTORS, align_crop, detect
 
 __all__ = ["Preprocess", "decode_image", "prepare_image", "prepare_faces", "to_rgb", "resize_square",
            "normalize", "augment", "read_rgb"]
@@ -34,7 +34,7 @@ class Preprocess:
             a centre crop of the shorter side; with it, the same square located by the face's landmarks.
         mean, std: per-channel normalisation applied to [0, 1] pixels.
         align: ``"none"`` (centre crop: for pre-aligned datasets like LFW) or a face detector from
-            :data:`privsplit.device.faces.DETECTORS` (``"dlib-hog"``): detect the largest face, align its
+            :data:`privsplit.data.align.DETECTORS` (``"dlib-hog"``): detect the largest face, align its
             5 landmarks to LFW's mean positions and crop the framing above.
     """
 

@@ -1,4 +1,4 @@
-"""Face detection and 5-point alignment on the device: photo -> the face, framed like the training data.
+"""Face detection and 5-point alignment (device and training): photo -> the face, framed like the training data.
 
 Detectors are pluggable (:data:`DETECTORS`, a :class:`~privsplit.registry.Registry`): ``"dlib-hog"`` (dlib's
 HOG detector + its 5-point landmark model, both in pip packages, offline) is the default and ``"stub"``
@@ -11,7 +11,8 @@ Alignment is a similarity transform (rotation, scale, shift: no shear, so faces 
 fitted by least squares from the detected landmarks to :data:`LFW_LANDMARKS`, the mean landmark positions in
 LFW's 250x250 frames (measured by ``benchmarks/lfw_framing.py`` on 1,000 LFW images; never tuned on other
 data). The aligned crop is the square a centre crop of fraction ``crop`` would take from an LFW frame, so a
-model trained on LFW's centre crop sees the framing it was trained on. Light module: numpy and PIL only.
+model trained on LFW's centre crop sees the framing it was trained on. Light module (numpy, PIL, the registry;
+dlib lazily): part of the data layer, so training and the device client share it.
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ class FaceDetector:
         raise NotImplementedError
 
 
-DETECTORS: Registry[type[FaceDetector]] = Registry("face detector", help_ref="help(privsplit.device.faces)")
+DETECTORS: Registry[type[FaceDetector]] = Registry("face detector", help_ref="help(privsplit.data.align)")
 
 
 @DETECTORS.register("dlib-hog")
