@@ -194,6 +194,12 @@ def test_client_prepares_like_training(stub, tmp_path):
     np.testing.assert_allclose(z, want, atol=1e-5)
     with pytest.raises(NoFaceError, match="no face found in image 1"):
         client.features([photos[0], np.zeros((50, 50, 3), np.uint8)])
+    # already prepared crops (infer --all-faces): used as they are, same features with the same noise draws
+    again = dataclasses.replace(load_client_bundle(folder, deterministic_noise=True, seed=0),
+                                preprocess=bundle.preprocess)
+    np.testing.assert_allclose(Client(again, "http://127.0.0.1:9").features(pix, prepared=True), z, atol=1e-6)
+    with pytest.raises(ValueError, match=r"prepared images must be uint8 N x 32 x 32 x 3, got uint8 \(1, 8, 8, 3\)"):
+        client.features(np.zeros((1, 8, 8, 3), np.uint8), prepared=True)
     # a centre-crop bundle + detector="stub" (privsplit infer --align): the same aligned pixels
     centre = dataclasses.replace(bundle, preprocess=Preprocess(size=SIZE, crop=CROP))
     np.testing.assert_array_equal(load_images(photos, centre.preprocess, detector="stub"), pix)

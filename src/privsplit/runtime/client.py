@@ -157,20 +157,28 @@ class Client:
         self.detector = detector
 
     # ------------------------------------------------------------------ device-side computation
-    def features(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+    def features(self, images: ImageInput | Sequence[ImageInput], *, prepared: bool = False) -> np.ndarray:
         """Preprocess, run the extractor locally and add fresh noise: float32 ``N x feature_shape``.
 
-        This is all that leaves the device.
+        This is all that leaves the device. ``prepared=True``: ``images`` are already model inputs (uint8
+        ``N x size x size x 3`` from :func:`privsplit.data.transforms.prepare_faces`), used as they are.
         """
-        pixels = load_images(images, self.bundle.preprocess, detector=self.detector)
-        x = normalize(torch.from_numpy(pixels).permute(0, 3, 1, 2), self.bundle.preprocess)
+        pre = self.bundle.preprocess
+        if prepared:
+            pixels = np.asarray(images)
+            if pixels.dtype != np.uint8 or pixels.shape[1:] != (pre.size, pre.size, 3):
+                raise ValueError(f"prepared images must be uint8 N x {pre.size} x {pre.size} x 3, got "
+                                 f"{pixels.dtype} {tuple(pixels.shape)}")
+        else:
+            pixels = load_images(images, pre, detector=self.detector)
+        x = normalize(torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2), pre)
         with torch.inference_mode():
             z = self.bundle.noise(self._extract(x))
         return np.ascontiguousarray(z.numpy(), dtype=np.float32)
 
-    def infer(self, images: ImageInput | Sequence[ImageInput]) -> list[Prediction]:
+    def infer(self, images: ImageInput | Sequence[ImageInput], *, prepared: bool = False) -> list[Prediction]:
         """One :class:`Prediction` per image, in order (``batch_size`` images per request)."""
-        return self.infer_features(self.features(images))
+        return self.infer_features(self.features(images, prepared=prepared))
 
     def infer_features(self, features: np.ndarray) -> list[Prediction]:
         """Send already extracted (and noised) features ``N x feature_shape``; one prediction per row."""

@@ -6,6 +6,7 @@ import { centreBox, cropRGB, normalise, pilResize } from "./preprocess.js";
 
 const cfg = JSON.parse(document.getElementById("privsplit-config").textContent);
 const $ = (id) => document.getElementById(id);
+// timings: performance.now() = ms since navigation started
 const state = { ready: false, error: null, results: [], timings: { start: performance.now() } };
 window.__privsplit = state; // read by the browser test
 
@@ -72,13 +73,14 @@ async function infer(noisy) {
   const body = JSON.stringify({
     id: crypto.randomUUID(),
     inputs: [{ name: cfg.feature_name, shape: [1, ...cfg.feature_shape], datatype: "FP32", data: noisy }],
-    outputs: [{ name: "probabilities" }, { name: "label" }],
+    outputs: cfg.outputs.map((name) => ({ name })),
   });
   const resp = await fetch(cfg.infer_url, { method: "POST", headers: { "Content-Type": "application/json" }, body });
   const answer = await resp.json();
   if (!resp.ok) throw new Error(answer.error || `HTTP ${resp.status}`);
   const out = Object.fromEntries(answer.outputs.map((o) => [o.name, o.data]));
-  return { label: String(out.label[0]), probability: Math.max(...out.probabilities), bytes: new TextEncoder().encode(body).length };
+  const [probs, label] = cfg.outputs.map((name) => out[name]);
+  return { label: String(label[0]), probability: Math.max(...probs), bytes: new TextEncoder().encode(body).length };
 }
 
 function show(r, thumbUrl) {
