@@ -46,9 +46,9 @@ LAYERS: dict[str, tuple[frozenset[str], str]] = {
                       "can use it without the paper's report pipeline"),
     "edge": (FOUNDATION | {"data", "models", "defenses"}, "exports and costs the client half exactly as it "
                                                           "ships: no training, attack or serving code"),
-    "runtime": (FOUNDATION | {"data", "models", "defenses"}, "the shipped halves (device client, service) load "
-                                                            "bundles and preprocessing, nothing that trains, "
-                                                            "attacks or reports"),
+    "runtime": (FOUNDATION | {"data", "models", "defenses", "edge"},
+                "the shipped halves (device client, service) load bundles, preprocessing and the checked ONNX "
+                "extractor (edge), nothing that trains, attacks or reports"),
     "report": (_REPORT, "the paper's tables and figures, computed in-process from every layer below; never "
                         "the CLI nor the network runtime"),
     "cli": (_REPORT | {"runtime", "report"},

@@ -89,7 +89,7 @@ def test_client_argument_errors(pair, tmp_path):
         Client(client_bundle(pair[0]), "http://x", extractor="tf")
     with pytest.raises(ValueError, match="extractor='onnx' needs onnx_path"):
         Client(client_bundle(pair[0]), "http://x", extractor="onnx")
-    with pytest.raises(FileNotFoundError, match="ONNX extractor not found"):
+    with pytest.raises((FileNotFoundError, ImportError), match="ONNX model not found|needs onnxruntime"):
         Client(client_bundle(pair[0]), "http://x", extractor="onnx", onnx_path=tmp_path / "e.onnx")
     client = Client(client_bundle(pair[0]), "http://x")
     with pytest.raises(ValueError, match=r"features must have shape \[N, 4\], got \[2, 3\]"):
@@ -97,7 +97,7 @@ def test_client_argument_errors(pair, tmp_path):
 
 
 def _linear_onnx(path: Path, weight: np.ndarray) -> None:
-    """A stand-in exported extractor: images N x 3 x 32 x 32 -> Flatten -> MatMul(weight)."""
+    """An ONNX extractor without privsplit metadata: images N x 3 x 32 x 32 -> Flatten -> MatMul(weight)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -109,32 +109,27 @@ def _linear_onnx(path: Path, weight: np.ndarray) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
 
 
-def test_onnx_extractor(pair, tmp_path):
-    """extractor='onnx' runs the exported graph with onnxruntime and still adds the bundle's noise."""
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        with pytest.raises(NotImplementedError, match=r"needs onnxruntime.*pip install 'privsplit\[edge\]'"):
-            (tmp_path / "e.onnx").write_bytes(b"x")
-            Client(client_bundle(pair[0]), "http://x", extractor="onnx", onnx_path=tmp_path / "e.onnx")
-        pytest.skip("onnx/onnxruntime not installed (the edge extra): checked the error message only")
-    from privsplit.data.transforms import normalize
+def test_onnx_extractor_is_checked_against_the_bundle(pair, tmp_path):
+    """extractor='onnx' runs the bundle's exported graph (same features as torch, plus the bundle's noise) and
+    refuses an ONNX file of another embedding or one without privsplit metadata."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from privsplit.defenses.bundles import BundleError
+    from privsplit.edge.export import export_client_onnx
 
-    weight = np.random.default_rng(0).normal(size=(3 * 32 * 32, 4)).astype(np.float32) / 100
-    _linear_onnx(tmp_path / "e.onnx", weight)
+    export_client_onnx(client_bundle(pair[0]), tmp_path / "e.onnx")
     images = face_images(3)
-    ref = seeded_client_bundle(pair[0])
-    x = normalize(torch.from_numpy(images).permute(0, 3, 1, 2), ref.preprocess).reshape(3, -1).numpy()
-    with torch.no_grad():
-        expected = ref.noise(torch.from_numpy(x @ weight)).numpy()
-    client = Client(seeded_client_bundle(pair[0]), "http://x", extractor="onnx", onnx_path=tmp_path / "e.onnx")
-    np.testing.assert_allclose(client.features(images), expected, rtol=1e-4, atol=1e-5)
-    _linear_onnx(tmp_path / "bad.onnx", weight[:, :3])
-    bad = Client(client_bundle(pair[0]), "http://x", extractor="onnx", onnx_path=tmp_path / "bad.onnx")
-    with pytest.raises(ValueError, match=r"ONNX extractor returned features of shape \[3\]; the client bundle "
-                                         r"expects \[4\]"):
-        bad.features(images)
+    torch_client = Client(seeded_client_bundle(pair[0]), "http://x")
+    onnx_client = Client(seeded_client_bundle(pair[0]), "http://x", extractor="onnx", onnx_path=tmp_path / "e.onnx")
+    np.testing.assert_allclose(onnx_client.features(images), torch_client.features(images), rtol=1e-4, atol=1e-4)
+
+    other = build_bundles(tmp_path / "other")[0]  # same weights, another embedding id: still refused
+    export_client_onnx(client_bundle(other[0]), tmp_path / "other.onnx")
+    with pytest.raises(BundleError, match=r"was exported from embedding \w+, not from this client bundle"):
+        Client(client_bundle(pair[0]), "http://x", extractor="onnx", onnx_path=tmp_path / "other.onnx")
+    _linear_onnx(tmp_path / "bare.onnx", np.zeros((3 * 32 * 32, 4), np.float32))
+    with pytest.raises(BundleError, match="carries no privsplit metadata"):
+        Client(client_bundle(pair[0]), "http://x", extractor="onnx", onnx_path=tmp_path / "bare.onnx")
 
 
 def test_connection_errors_are_retried_then_reported(pair):

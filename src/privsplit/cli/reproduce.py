@@ -19,9 +19,11 @@ def reproduce(
     quick: bool = typer.Option(False, help="Fewer layers, epochs and noise levels."),
     config: Path = typer.Option(None, help="TOML config (default: the shipped defaults.toml)."),
     stop_after: str = typer.Option(None, help="Stop after this stage (resume later)."),
+    align: str = typer.Option("none", help="none (centre crop) | dlib-hog: train on detected + aligned faces "
+                                           "(photos that are not pre-aligned); recorded in the run and bundles."),
 ) -> None:
     """Train, build every embedding, run every attack and write OUT/report.md + report.html."""
     from privsplit.report.pipeline import reproduce as run
 
-    report = run(dataset, out, quick=quick, config=config, stop_after=stop_after)
+    report = run(dataset, out, quick=quick, config=config, stop_after=stop_after, align=align)
     console.print(f"report: {report}")

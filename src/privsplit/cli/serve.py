@@ -1,9 +1,11 @@
 """``privsplit serve``: the cloud analyzer of a server bundle over the Open Inference Protocol v2."""
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -47,8 +49,15 @@ def serve(
     access_log: bool = typer.Option(False, help="Log every request (costs throughput)."),
     http: str = typer.Option("auto", help="uvicorn HTTP parser: auto | h11 | httptools."),
     loop: str = typer.Option("auto", help="uvicorn event loop: auto | asyncio | uvloop."),
+    ui: bool = typer.Option(False, "--ui", help="Also serve a web page at /ui/ that runs the client extractor in the "
+                                               "browser (the photo never leaves the page). No login: loopback demos "
+                                               "or behind your own authentication."),
+    client_bundle: Path = typer.Option(None, "--client-bundle", help="Client bundle for --ui (the page's extractor "
+                                                                     "and noise)."),
+    onnx: Path = typer.Option(None, "--onnx", help="--ui: the client's exported ONNX file (default: CLIENT_BUNDLE/"
+                                                   "client.onnx, else exported into the cache)."),
 ) -> None:
-    """Serve the analyzer: /v2 health, metadata, infer (JSON or binary tensors), /metrics; gRPC beside it."""
+    """Serve the analyzer: /v2 health, metadata, infer (JSON or binary tensors), /metrics; gRPC beside it; --ui adds a web page."""
     workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     if grpc_port is not None and grpc_port == port and port != 0:
         raise ValueError(f"--grpc-port must differ from --port (both {port})")
@@ -78,8 +87,30 @@ def serve(
     if not _is_loopback(host) and not ssl_certfile:
         console.print("[bold yellow]warning:[/] no TLS: features and API keys travel in clear text "
                       "(pass --ssl-keyfile/--ssl-certfile or terminate TLS at a proxy)")
+    configure = _ui(bundle, client_bundle, onnx, host=host, port=port, keys=keys, scheme=scheme) \
+        if ui or client_bundle is not None else None
     run_server(bundle if workers == 1 else server_bundle,  # workers load it from the folder
                host=host, port=port, api_keys=keys, max_batch=max_batch, max_delay_ms=max_delay_ms,
                max_body_bytes=max_body_bytes, ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile,
                log_level=log_level, access_log=access_log, torch_threads=threads or None, http=http, loop=loop,
-               grpc_port=grpc_port, workers=workers)
+               grpc_port=grpc_port, workers=workers, configure=configure)
+
+
+def _ui(bundle: object, client_bundle: Path | None, onnx: Path | None, *, host: str, port: int, keys: list[str],
+        scheme: str) -> Any:
+    """``serve --ui``: check the pair, warn where the page is exposed, and return the hook that mounts
+    :func:`privsplit.runtime.ui.mount_ui` on every worker's app (a partial, so it pickles)."""
+    if client_bundle is None:
+        raise ValueError("--ui needs --client-bundle CLIENT_BUNDLE (the page runs its extractor and adds its noise)")
+    from privsplit.defenses.bundles import check_pair, load_client_bundle
+    from privsplit.runtime.ui import mount_ui
+
+    check_pair(load_client_bundle(client_bundle), bundle)  # type: ignore[arg-type]
+    if keys:
+        console.print("[bold yellow]warning:[/] --ui with API keys: the page holds no key, so its requests get 401 "
+                      "unless a proxy in front adds one after authenticating the user")
+    if not _is_loopback(host):
+        console.print("[bold yellow]warning:[/] --ui beyond loopback: the page has no login; put it behind your own "
+                      "authentication")
+    console.print(f"page: {scheme}://{host}:{port}/ui/")
+    return functools.partial(mount_ui, client_bundle=client_bundle, onnx_path=onnx)

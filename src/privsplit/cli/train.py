@@ -33,6 +33,9 @@ def train(
     attack_min_images: int = typer.Option(None, help="Identities with at least this many images form the attack split."),
     attack_count: int = typer.Option(None, help="Use only this many (random) of them (default per dataset)."),
     skip_bad: bool = typer.Option(False, help="Skip unreadable images (reported) instead of failing."),
+    align: str = typer.Option("none", help="none (centre crop, for pre-aligned data like LFW) | dlib-hog: detect "
+                                           "and align each face to LFW's framing (photos without a face are "
+                                           "skipped); recorded in the run and the client bundle."),
     resume: bool = typer.Option(False, help="Continue from the run folder's last checkpoint."),
     threads: int = typer.Option(0, help="Torch CPU threads (0 = all cores)."),
 ) -> None:
@@ -43,7 +46,7 @@ def train(
         dataset, why = default_dataset()
         console.print(f"[cyan]{why}[/]")
     spec = RunSpec(dataset=dataset, data_root=data_root, primary=primary, arch=arch, width=width, size=size,
-                   attack_min_images=attack_min_images, attack_count=attack_count, skip_bad=skip_bad, train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                   attack_min_images=attack_min_images, attack_count=attack_count, skip_bad=skip_bad, align=align, train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                                                         class_weight=class_weight))
     result = run_training(spec, out, resume=resume)
     show_run(result.metrics, result.folder)

@@ -14,6 +14,7 @@ from privsplit.config import cache_dir
 from privsplit.data.errors import DataError
 from privsplit.data.manifest import Manifest
 from privsplit.data.transforms import Preprocess, decode_image
+from privsplit.data.align import NoFaceError
 from privsplit.progress import progress_bar
 
 __all__ = ["DecodedImages", "decode_manifest"]
@@ -68,7 +69,7 @@ def decode_manifest(
     def load(i: int) -> tuple[int, np.ndarray | None, str]:
         try:
             return i, decode_image(manifest.root / manifest.paths[i], pre), ""
-        except DataError as exc:
+        except (DataError, NoFaceError) as exc:
             if not skip_bad:
                 raise
             return i, None, str(exc)

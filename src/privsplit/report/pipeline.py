@@ -47,12 +47,18 @@ def _stage_hash(cfg: dict[str, Any], stage: Stage, upstream: list[str]) -> str:
 
 
 def reproduce(dataset: str, out: str | Path, *, quick: bool = False, config: str | Path | None = None,
-              stop_after: str | None = None, stages: list[Stage] | None = None) -> Path:
-    """Run (or resume) every stage for ``dataset`` into ``out``; returns the report's path."""
+              stop_after: str | None = None, stages: list[Stage] | None = None, align: str = "none") -> Path:
+    """Run (or resume) every stage for ``dataset`` into ``out``; returns the report's path.
+
+    ``align``: a face detector name to train on detected + aligned faces (datasets that are not pre-aligned);
+    recorded in the config (and so in every stage hash) only when set, so existing reports still resume.
+    """
     from privsplit.report.stages import STAGES
 
     stages = stages or STAGES
     cfg = load_config(dataset, quick=quick, path=config)
+    if align != "none":
+        cfg["align"] = align
     out = Path(out)
     (out / "stages").mkdir(parents=True, exist_ok=True)
     ctx = Context(cfg, out, {}, str(config) if config else None)

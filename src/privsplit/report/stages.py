@@ -14,7 +14,7 @@ def _train(ctx: Context) -> dict[str, Any]:
 
     c = ctx.cfg
     spec = RunSpec(dataset=c["dataset"], arch=c["arch"], width=c["width"], size=c["size"],
-                   train=TrainConfig(epochs=c["epochs"], batch_size=c.get("batch_size", 64), seed=c["seed"]))
+                   align=c.get("align", "none"), train=TrainConfig(epochs=c["epochs"], batch_size=c.get("batch_size", 64), seed=c["seed"]))
     res = run_training(spec, ctx.run_dir, resume=True)  # resumes from the last epoch if interrupted
     return {"test": res.metrics["test"], "attack_identities": res.metrics.get("attack_identities"),
             "train_seconds": res.metrics["train_seconds"]}

@@ -20,7 +20,7 @@ from typing import Any
 
 _EXPORTS = {
     "Client": "client", "ClientError": "client", "ServerUnavailable": "client", "Prediction": "client",
-    "OnnxExtractor": "client", "load_images": "client",
+    "load_images": "client",
     "create_app": "server", "serve": "server", "ServerThread": "server",
     "AnalyzerService": "service", "ServiceError": "service", "load_api_keys": "auth", "KeyCheck": "auth",
     "GrpcServer": "grpc_server", "serve_workers": "workers",

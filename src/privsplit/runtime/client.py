@@ -30,9 +30,8 @@ from urllib.parse import quote, urlsplit
 
 import numpy as np
 import torch
-from PIL import Image
 
-from privsplit.data.transforms import Preprocess, decode_image, normalize
+from privsplit.data.transforms import Preprocess, decode_image, normalize, prepare_image
 from privsplit.defenses.bundles import INPUT_NAME, OUTPUT_NAMES, ClientBundle, load_client_bundle
 from privsplit.runtime.errors import ClientError, ServerUnavailable
 from privsplit.runtime.wire import (
@@ -40,8 +39,7 @@ from privsplit.runtime.wire import (
     encode_request,
 )
 
-__all__ = ["Client", "ClientError", "ServerUnavailable", "Prediction", "OnnxExtractor", "load_images",
-           "ImageInput"]
+__all__ = ["Client", "ClientError", "ServerUnavailable", "Prediction", "load_images", "ImageInput"]
 
 ImageInput = Union[str, Path, np.ndarray]
 
@@ -61,27 +59,13 @@ class Prediction:
 
 # ============================================================================ images
 
-def _fit(image: np.ndarray, pre: Preprocess, what: str) -> np.ndarray:
-    """uint8 HxWx3 (or HxW) -> the bundle's size, with the same crop and resize as ``decode_image``."""
-    if image.dtype != np.uint8:
-        raise TypeError(f"{what}: image arrays must be uint8 HxWx3, got dtype {image.dtype}")
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"{what}: image arrays must be HxWx3 (RGB), got shape {image.shape}")
-    h, w = image.shape[:2]
-    if (h, w) == (pre.size, pre.size) and pre.crop == 1.0:
-        return image
-    img = Image.fromarray(image, "RGB")
-    side = max(1, round(min(w, h) * pre.crop))
-    left, top = (w - side) // 2, (h - side) // 2
-    img = img.crop((left, top, left + side, top + side))
-    img = img.resize((pre.size, pre.size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return np.asarray(img, dtype=np.uint8)
+def load_images(images: ImageInput | Sequence[ImageInput], pre: Preprocess, *, detector: Any = None) -> np.ndarray:
+    """Image paths and/or uint8 arrays (HxWx3, or one NxHxWx3 array) -> uint8 ``N x size x size x 3``.
 
-
-def load_images(images: ImageInput | Sequence[ImageInput], pre: Preprocess) -> np.ndarray:
-    """Image paths and/or uint8 arrays (HxWx3, or one NxHxWx3 array) -> uint8 ``N x size x size x 3``."""
+    Every image goes through :func:`privsplit.data.transforms.prepare_image`, the path training used
+    (centre crop, or face detection + alignment when the bundle's preprocess says ``align``); an image
+    without a face raises ``NoFaceError: no face found in IMG``.
+    """
     if isinstance(images, (str, Path)):
         images = [images]
     elif isinstance(images, np.ndarray):
@@ -89,46 +73,14 @@ def load_images(images: ImageInput | Sequence[ImageInput], pre: Preprocess) -> n
     out = []
     for i, img in enumerate(images):
         if isinstance(img, (str, Path)):
-            out.append(decode_image(img, pre))
+            out.append(decode_image(img, pre, detector=detector))
         elif isinstance(img, np.ndarray):
-            out.append(_fit(img, pre, f"image {i}"))
+            out.append(prepare_image(img, pre, what=f"image {i}", detector=detector))
         else:
             raise TypeError(f"image {i}: expected a path or a uint8 array, got {type(img).__name__}")
     if not out:
         raise ValueError("no images given")
     return np.stack(out)
-
-
-# ============================================================================ extractors
-
-class OnnxExtractor:
-    """The extractor from an exported ONNX file, run with onnxruntime (the ``edge`` extra).
-
-    The graph must map normalised images ``N x 3 x S x S`` (float32) to the features ``N x k``,
-    exactly like the client bundle's torch extractor; the noise is never part of it (the client
-    adds fresh noise after). The ONNX export itself belongs to ``privsplit.edge``.
-    """
-
-    def __init__(self, path: str | Path, feature_shape: Sequence[int]) -> None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ONNX extractor not found: {path} (export it with the edge tools)")
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise NotImplementedError(
-                "extractor='onnx' needs onnxruntime, which is not installed: pip install 'privsplit[edge]' "
-                "(or use extractor='torch')") from None
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        self.feature_shape = tuple(feature_shape)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input_name: x.detach().cpu().numpy().astype(np.float32)})[0]
-        if tuple(out.shape[1:]) != self.feature_shape:
-            raise ValueError(f"ONNX extractor returned features of shape {list(out.shape[1:])}; the client "
-                             f"bundle expects {list(self.feature_shape)}: export it from the same embedding")
-        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
 
 
 # ============================================================================ the client
@@ -145,7 +97,12 @@ class Client:
         retries: extra attempts after a connection error or 5xx (0 = no retry).
         backoff: first retry delay in seconds; doubles every attempt.
         extractor: ``"torch"`` (the bundle's extractor) or ``"onnx"`` (with ``onnx_path``).
-        onnx_path: the exported extractor for ``extractor="onnx"``.
+        onnx_path: the exported extractor for ``extractor="onnx"``, run by
+            :class:`privsplit.edge.onnx_runtime.OnnxExtractor` (one thread) after checking that it was exported
+            from this client bundle (embedding id and tensor SHA-256; ``BundleError`` otherwise).
+        detector: a face detector (registry name such as ``"dlib-hog"``, or an instance: a test stub, a mobile
+            port) to detect + align faces even when the bundle's preprocess centre-crops (photos that are not
+            LFW-style crops; the alignment reproduces the training framing), or to replace its ``align`` detector.
         model_name: the served model's name (default: the bundle's).
         batch_size: most images per request in :meth:`infer`.
         ssl_context: for ``https`` URLs (default: the system's verified context).
@@ -157,7 +114,8 @@ class Client:
     def __init__(self, client_bundle: ClientBundle | str | Path, url: str, *, api_key: str | None = None,
                  binary: bool = True, timeout: float = 10.0, retries: int = 3, backoff: float = 0.2,
                  extractor: str = "torch", onnx_path: str | Path | None = None, model_name: str | None = None,
-                 batch_size: int = 64, ssl_context: ssl.SSLContext | None = None, protocol: str = "rest") -> None:
+                 batch_size: int = 64, ssl_context: ssl.SSLContext | None = None, protocol: str = "rest",
+                 detector: Any = None) -> None:
         if protocol not in ("rest", "grpc"):
             raise ValueError(f"protocol must be 'rest' or 'grpc', got {protocol!r}")
         if retries < 0 or backoff < 0 or timeout <= 0 or batch_size < 1:
@@ -191,24 +149,37 @@ class Client:
         if extractor == "torch":
             self._extract: Any = self.bundle.extractor
         else:
-            self._extract = OnnxExtractor(onnx_path, self.bundle.feature_shape)  # type: ignore[arg-type]
+            from privsplit.edge.onnx_runtime import OnnxExtractor
+
+            onnx = OnnxExtractor(onnx_path, threads=1)  # type: ignore[arg-type]
+            onnx.check_bundle(self.bundle)
+            self._extract = onnx
         self.bundle.extractor.eval()
+        self.detector = detector
 
     # ------------------------------------------------------------------ device-side computation
-    def features(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+    def features(self, images: ImageInput | Sequence[ImageInput], *, prepared: bool = False) -> np.ndarray:
         """Preprocess, run the extractor locally and add fresh noise: float32 ``N x feature_shape``.
 
-        This is all that leaves the device.
+        This is all that leaves the device. ``prepared=True``: ``images`` are already model inputs (uint8
+        ``N x size x size x 3`` from :func:`privsplit.data.transforms.prepare_faces`), used as they are.
         """
-        pixels = load_images(images, self.bundle.preprocess)
-        x = normalize(torch.from_numpy(pixels).permute(0, 3, 1, 2), self.bundle.preprocess)
+        pre = self.bundle.preprocess
+        if prepared:
+            pixels = np.asarray(images)
+            if pixels.dtype != np.uint8 or pixels.shape[1:] != (pre.size, pre.size, 3):
+                raise ValueError(f"prepared images must be uint8 N x {pre.size} x {pre.size} x 3, got "
+                                 f"{pixels.dtype} {tuple(pixels.shape)}")
+        else:
+            pixels = load_images(images, pre, detector=self.detector)
+        x = normalize(torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2), pre)
         with torch.inference_mode():
             z = self.bundle.noise(self._extract(x))
         return np.ascontiguousarray(z.numpy(), dtype=np.float32)
 
-    def infer(self, images: ImageInput | Sequence[ImageInput]) -> list[Prediction]:
+    def infer(self, images: ImageInput | Sequence[ImageInput], *, prepared: bool = False) -> list[Prediction]:
         """One :class:`Prediction` per image, in order (``batch_size`` images per request)."""
-        return self.infer_features(self.features(images))
+        return self.infer_features(self.features(images, prepared=prepared))
 
     def infer_features(self, features: np.ndarray) -> list[Prediction]:
         """Send already extracted (and noised) features ``N x feature_shape``; one prediction per row."""

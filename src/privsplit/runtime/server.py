@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -97,14 +97,16 @@ def serve(bundle: ServerBundle | str | Path, *, host: str = "127.0.0.1", port: i
           ssl_certfile: str | None = None, log_level: str = "info", access_log: bool = False,
           torch_threads: int | None = None, http: str = "auto", loop: str = "auto",
           grpc_port: int | None = None, workers: int = 1, metrics_dir: str | Path | None = None,
-          reuse_port: bool = False) -> None:
+          reuse_port: bool = False, configure: Callable[[FastAPI], Any] | None = None) -> None:
     """Serve ``bundle`` until interrupted (``privsplit serve`` calls this): REST on ``port`` and, with
     ``grpc_port``, gRPC beside it, both calling one :class:`AnalyzerService`.
 
     ``workers > 1`` hands over to :func:`privsplit.runtime.workers.serve_workers` (N processes on
     the same ports). ``http``/``loop`` are uvicorn's: ``auto`` takes httptools and uvloop when
     installed (faster), else h11 and asyncio. ``metrics_dir`` and ``reuse_port`` are set by the
-    worker supervisor.
+    worker supervisor. ``configure(app)`` runs on each process's app before it serves (e.g. the
+    browser page's :func:`privsplit.runtime.ui.mount_ui`); with workers it must pickle (a
+    ``functools.partial`` of a module-level function does).
     """
     import uvicorn
 
@@ -114,7 +116,7 @@ def serve(bundle: ServerBundle | str | Path, *, host: str = "127.0.0.1", port: i
     options = dict(host=host, port=port, api_keys=keys, max_batch=max_batch, max_delay_ms=max_delay_ms,
                    max_body_bytes=max_body_bytes, ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile,
                    log_level=log_level, access_log=access_log, torch_threads=torch_threads, http=http, loop=loop,
-                   grpc_port=grpc_port)
+                   grpc_port=grpc_port, configure=configure)
     if workers > 1:
         serve_workers(bundle, serve_one=serve, workers=workers, **options)
         return
@@ -125,6 +127,8 @@ def serve(bundle: ServerBundle | str | Path, *, host: str = "127.0.0.1", port: i
     service = AnalyzerService(bundle, max_batch=max_batch, max_delay_ms=max_delay_ms,
                               metrics=ServiceMetrics(shared_dir=metrics_dir))
     app = create_app(service, api_keys=keys, max_body_bytes=max_body_bytes)
+    if configure is not None:
+        configure(app)
     grpc_server = None
     if grpc_port is not None:
         from privsplit.runtime.grpc_server import GrpcServer

@@ -46,6 +46,7 @@ class RunSpec:
     attack_count: int | None = None
     test_fraction: float = 0.15
     skip_bad: bool = False
+    align: str = "none"  # "none" (centre crop: pre-aligned data) or a face detector (photos: detect + align)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def resolved(self) -> RunSpec:
@@ -54,6 +55,8 @@ class RunSpec:
         return RunSpec(**{**asdict(self), "train": self.train,
                           "primary": self.primary or d["primary"], "arch": self.arch or d["arch"],
                           "size": self.size or d["size"],
+                          # aligned runs skip photos without a detectable face (counted in dataset.skipped)
+                          "skip_bad": self.skip_bad or self.align != "none",
                           "attack_min_images": self.attack_min_images or d["attack_min_images"],
                           "attack_count": self.attack_count or d["attack_count"]})
 
@@ -77,7 +80,7 @@ class RunResult:
 def prepare_data(spec: RunSpec, *, progress: bool = True) -> PreparedData:
     spec = spec.resolved()
     manifest = load_manifest(spec.dataset, spec.data_root)
-    pre = Preprocess(size=spec.size, crop=manifest.crop)
+    pre = Preprocess(size=spec.size, crop=manifest.crop, align=spec.align)
     data = load_faces(manifest, pre, columns=[spec.primary, spec.sensitive], required=[spec.primary],
                       skip_bad=spec.skip_bad, progress=progress)
     splits = identity_disjoint_split(data.manifest.column(spec.sensitive), attack_min_images=spec.attack_min_images,
