@@ -7,10 +7,7 @@ documented API is installed for the duration of a test.
 """
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -25,43 +22,14 @@ from privsplit.audit import audit, compare_audits, excluded_pair_floor, leak_sen
 from privsplit.data import FaceData, Manifest, Preprocess
 from privsplit.defenses.noise import GaussianNoise
 
+from audit_support import install_attack_data_standin
+
 N_IDS, PER_ID, N_ENROL = 20, 24, 15
-
-
-# --- a minimal AttackData stand-in (only used when the real module is absent) --------------------------
-class _StandInData:
-    def __init__(self, all_images, *, n_enrol=15, per_identity=None, seed=0, sensitive="identity", group=None,
-                 aux=None):
-        rng = np.random.default_rng(seed)
-        ids = all_images.labels[sensitive].numpy()
-        enrol, query = [], []
-        for i in sorted(set(ids.tolist())):
-            rows = rng.permutation(np.flatnonzero(ids == i))
-            enrol += rows[:n_enrol].tolist()
-            query += rows[n_enrol:][:per_identity].tolist()
-        self.all, self.aux, self.sensitive = all_images, aux, sensitive
-        self.enrol, self.query = all_images.subset(sorted(enrol)), all_images.subset(sorted(query))
-
-    def validation(self, n_val=5, seed=0):
-        rng = np.random.default_rng(seed + 10_000)
-        ids = self.enrol.labels[self.sensitive].numpy()
-        keep, val = [], []
-        for i in sorted(set(ids.tolist())):
-            rows = rng.permutation(np.flatnonzero(ids == i))
-            val += rows[:n_val].tolist()
-            keep += rows[n_val:].tolist()
-        return self.enrol.subset(sorted(keep)), self.enrol.subset(sorted(val))
 
 
 @pytest.fixture(autouse=True)
 def attack_data_module(monkeypatch):
-    try:
-        importlib.import_module("privsplit.attacks.data")
-    except ImportError:
-        mod = types.ModuleType("privsplit.attacks.data")
-        mod.AttackData = _StandInData
-        mod.attack_data = lambda all_images, **kw: _StandInData(all_images, **kw)
-        monkeypatch.setitem(sys.modules, "privsplit.attacks.data", mod)
+    install_attack_data_standin(monkeypatch)
 
 
 # --- planted data and embeddings ---------------------------------------------------------------------

@@ -5,6 +5,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -37,6 +38,29 @@ def _use_run(bundle: Path, data: str | None) -> Path | None:
             raise ValueError(f"cannot find the run of bundle {bundle}; pass --data ({DATASETS})")
         return run
     return run if data == dataset else None
+
+
+def load_inputs(bundle: Path, data: str | None, *, sensitive: str | None = None, primary: str | None = None,
+                n_enrol: int = 15, aux: bool = True, data_root: str | None = None) -> tuple[Any, Any, Any]:
+    """(client bundle, embedding, :class:`~privsplit.audit.inputs.AuditInputs`) for ``bundle`` and ``data``.
+
+    The auditor's own data is checked (columns, images per identity) before the bundle or any image
+    is loaded, so bad input fails fast with one line.
+    """
+    from privsplit.audit.inputs import check_dataset, dataset_inputs, run_inputs
+    from privsplit.data.transforms import Preprocess
+    from privsplit.defenses.bundles import embedding_from_bundles, load_client_bundle, load_server_bundle
+
+    run = _use_run(bundle, data)
+    cols = {"sensitive": sensitive or "identity", "primary": primary or "gender"}
+    if run is None:
+        check_dataset(data, **cols, n_enrol=n_enrol, data_root=data_root)
+    client, server = load_client_bundle(bundle / "client"), load_server_bundle(bundle / "server")
+    emb = embedding_from_bundles(client, server)
+    if run is not None:
+        return client, emb, run_inputs(run, sensitive=sensitive, primary=primary, data_root=data_root, aux=aux)
+    return client, emb, dataset_inputs(data, Preprocess.from_dict(client.manifest["preprocess"]), **cols,
+                                       n_enrol=n_enrol, aux=aux, data_root=data_root)
 
 
 def _table(report) -> Table:
@@ -75,25 +99,13 @@ def audit_command(
 ) -> None:
     """Worst-case identity leakage of a bundle over every attack, with 95% intervals and an optional gate."""
     from privsplit.audit import audit, bundle_provenance, plot_rows, select_attacks, write_json, write_markdown
-    from privsplit.audit.inputs import check_dataset, dataset_inputs, run_inputs
-    from privsplit.data.transforms import Preprocess
-    from privsplit.defenses.bundles import embedding_from_bundles, load_client_bundle, load_server_bundle
     from privsplit.report.plots import plot_audit
 
     import privsplit.attacks  # noqa: F401  (registers the built-in attacks)
 
     select_attacks(attacks, profile)  # unknown attack or profile: fail before any loading
-    run = _use_run(bundle, data)
-    cols = {"sensitive": sensitive or "identity", "primary": primary or "gender"}
-    if run is None:  # the auditor's own photos: check columns and counts before loading anything
-        check_dataset(data, **cols, n_enrol=n_enrol, data_root=data_root)
-    client, server = load_client_bundle(bundle / "client"), load_server_bundle(bundle / "server")
-    emb = embedding_from_bundles(client, server)
-    if run is not None:
-        inp = run_inputs(run, sensitive=sensitive, primary=primary, data_root=data_root, aux=aux)
-    else:
-        inp = dataset_inputs(data, Preprocess.from_dict(client.manifest["preprocess"]), **cols, n_enrol=n_enrol,
-                             aux=aux, data_root=data_root)
+    client, emb, inp = load_inputs(bundle, data, sensitive=sensitive, primary=primary, n_enrol=n_enrol, aux=aux,
+                                   data_root=data_root)
     console.print(f"auditing {client.kind} at {client.layer} on {inp.source}: {len(inp.targets)} target images, "
                   f"{0 if inp.aux is None else len(inp.aux)} auxiliary")
     report = audit(emb, inp.targets, aux=inp.aux, attacks=attacks, profile=profile, seeds=seeds,
