@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from privsplit.attacks.base import ATTACKS, IdentityAttack
 from privsplit.attacks.common import clean_features
-from privsplit.audit import audit, compare_audits, excluded_pair_floor, leak_sentence, markdown, select_attacks
+from privsplit.audit import Floors, audit, compare_audits, excluded_pair_floor, leak_sentence, markdown, select_attacks
 from privsplit.data import FaceData, Manifest, Preprocess
 from privsplit.defenses.noise import GaussianNoise
 
@@ -178,6 +178,9 @@ def test_expression_matched_floor_hand_case():
     q_ids, q_expr = torch.tensor([0, 1, 2, 0]), torch.tensor([2, 0, 1, 0])
     assert excluded_pair_floor(q_ids, q_expr, e_ids, e_expr) == pytest.approx(0.75)
     assert excluded_pair_floor(torch.tensor([0]), torch.tensor([3]), e_ids, e_expr) == pytest.approx(1 / 3)
+    # the gate's floor is the structure floor when the split has one (see privsplit.audit.floors)
+    assert Floors(0.05, 0.25, 0.33, 0.9, 20, 0.11, 0.5, "expression-matched").reference == 0.11
+    assert Floors(0.05, 0.25, 0.10, 0.4, 20).reference == 0.10
 
 
 def test_unknown_attack_and_profile_list_choices(test_attacks):
