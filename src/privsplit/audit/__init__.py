@@ -16,10 +16,11 @@ from __future__ import annotations
 from privsplit.audit.floors import Floors, excluded_pair_floor, floors_of
 from privsplit.audit.provenance import bundle_provenance, data_provenance, environment_provenance
 from privsplit.audit.report import AttackSummary, AuditReport, GateResult, WorstCase, compare_audits, leak_sentence
+from privsplit.audit.rows import audit_row, profile_available, report_row
 from privsplit.audit.run import PROFILES, audit, load_target, select_attacks
 from privsplit.audit.writers import markdown, plot_rows, write_json, write_markdown
 
 __all__ = ["audit", "AuditReport", "AttackSummary", "WorstCase", "GateResult", "Floors", "PROFILES",
            "select_attacks", "load_target", "compare_audits", "leak_sentence", "excluded_pair_floor", "floors_of",
            "bundle_provenance", "data_provenance", "environment_provenance", "markdown", "plot_rows", "write_json",
-           "write_markdown"]
+           "write_markdown", "audit_row", "report_row", "profile_available"]

@@ -47,6 +47,10 @@ def bundle_run(bundle: str | Path) -> Path:
     run = json.loads(path.read_text()).get("info", {}).get("run")
     if not run:
         raise DataError(f"bundle {bundle} does not record its run; pass --data (a dataset or labels.csv)")
+    # a relative run path was relative to where `privsplit embed` ran: try there, then above the bundle
+    for base in (Path.cwd(), *Path(bundle).resolve().parents):
+        if (base / run / "model.json").exists():
+            return base / run
     return Path(run)
 
 

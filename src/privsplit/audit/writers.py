@@ -90,4 +90,4 @@ def plot_rows(report: AuditReport) -> dict[str, Any]:
     bars = [{"attack": a.name, "top1": a.top1.value, "ci95": list(a.top1.ci95), "worst": a.name == report.worst.attack}
             for a in report.attacks if a.top1 is not None]
     return {"bars": bars, "chance": report.floors.chance_top1, "floor": report.floors.reference,
-            "title": f"Identity attacks on {report.embedding} ({report.profile} profile, {len(report.seeds)} seeds)"}
+            "title": f"{report.embedding}: identity top-1 ({report.profile}, {len(report.seeds)} seed(s))"}
