@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 os.environ["COLUMNS"] = "200"  # rich wraps tables at the terminal width; keep rows on one line
 
@@ -114,6 +115,29 @@ def test_audit_cli_gate_exit_codes_and_files(trained, nearest_mean):
     assert "Worst case" in (bundle / "audit" / "audit.md").read_text()
     res = runner.invoke(app, base + ["--gate", "0.01", "--out", str(bundle / "audit-fail")])
     assert res.exit_code == 1 and "gate FAILED" in res.output and "exceeds" in res.output
+
+
+def test_audit_cli_own_labelled_photos_and_mismatched_pair(trained, nearest_mean, tmp_path):
+    root, run, _ = trained
+    bundle = run / "bundles" / "noisy-reduced-simple-conv5_3"
+    if not bundle.exists():
+        assert runner.invoke(app, ["embed", str(run), "--kind", "noisy-reduced-simple", "--layer", "conv5_3",
+                                   "--dim", "4", "--noise", "0.5"]).exit_code == 0
+    own = root / "faces" / "own_labels.csv"  # not the run's data: an auditor's own labelled photos
+    shutil.copy(root / "faces" / "labels.csv", own)
+    res = runner.invoke(app, ["audit", str(bundle), "--data", str(own), "--attacks",
+                              nearest_mean, "--seeds", "1", "--out", str(tmp_path / "own")])
+    assert res.exit_code == 0, res.output
+    audit = json.loads((tmp_path / "own" / "audit.json").read_text())
+    assert audit["queries"]["identities"] == 16 and audit["queries"]["per_seed"] == [16 * 5]
+    assert audit["provenance"]["data_source"].startswith("data ")
+    # a client and a server from different embeddings: one clear line
+    assert runner.invoke(app, ["embed", str(run), "--kind", "simple", "--layer", "conv5_3"]).exit_code == 0
+    mixed = tmp_path / "mixed"
+    shutil.copytree(bundle / "client", mixed / "client")
+    shutil.copytree(run / "bundles" / "simple-conv5_3" / "server", mixed / "server")
+    res = runner.invoke(app, ["audit", str(mixed), "--data", str(own), "--attacks", nearest_mean])
+    assert res.exit_code == 2 and "come from different embeddings" in " ".join(res.output.split())
 
 
 def test_friendly_errors(tmp_path):

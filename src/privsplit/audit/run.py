@@ -128,11 +128,19 @@ def _run_attacks(embedding: Any, draws: list[Any], seeds: list[int], names: list
                     advance(1, attack=name, seed=str(seed), step="validation")
                 res = _fit_evaluate(name, embedding, d.enrol, d.query, aux=d.aux, seed=seed, cfg=cfg)
                 runs[name].results.append(res)
-                runs[name].groups.append(d.query.labels[cfg["sensitive"]])
+                runs[name].groups.append(_groups(res, d.query.labels[cfg["sensitive"]]))
                 runs[name].seconds += time.perf_counter() - t0
                 top1 = res.figures.get("top1")
                 advance(1, attack=name, seed=str(seed), top1="-" if top1 is None else f"{top1.value:.1%}")
     return runs
+
+
+def _groups(res: Any, query_ids: Tensor) -> Tensor:
+    """Identity of each evaluated row: the query's (an attack that scores a subset reports its own groups)."""
+    hits = res.hits.get("top1")
+    if hits is None or len(hits) == len(query_ids) or res.groups is None:
+        return query_ids
+    return res.groups
 
 
 def _envelope(figs: list[Figure]) -> Figure:
@@ -231,7 +239,7 @@ def audit(target: Any, data: Any, *, attacks: str | list[str] = "all", profile: 
     if w.hits:
         hw, gw = w.pooled()
         comparisons = {s.name: paired_bootstrap(hw, s.pooled()[0], gw, n_boot=n_boot)
-                       for s in summaries if s.name != w.name and s.hits}
+                       for s in summaries if s.name != w.name and s.hits and s.pooled()[0].shape == hw.shape}
     first = draws[0]
     prov = {**prov, **(provenance or {}), **environment_provenance(), "profile": profile, "seeds": seed_list,
             "data": data_provenance(getattr(first, "all", first.enrol)),

@@ -24,7 +24,7 @@ from privsplit.attacks.reconstruction import ReconConfig
 from privsplit.cli.common import console, friendly_errors
 
 #: the transfer attack's heads; its default (TransferConfig().head) is the strongest it offers
-HEADS: tuple[str, ...] = tuple(getattr(_transfer, "HEADS", ("auto", "ensemble", "analyzer", "conv", "mlp")))
+HEADS: tuple[str, ...] = tuple(getattr(_transfer, "HEADS", ("auto", "analyzer", "conv", "mlp")))
 ALIASES = {"nn": "1-nn"}  # the name before the registry
 
 
@@ -103,8 +103,8 @@ def _rank(emb: Any, data: Any, sensitive: str, primary: str) -> tuple[dict[str, 
 @friendly_errors
 def attack(
     bundle: Path = typer.Argument(..., help="Bundle folder from `privsplit embed` (holding client/ and server/)."),
-    kind: str = typer.Option("transfer", help="A registered attack (privsplit.attacks.ATTACKS: "
-                                              f"{', '.join(kinds())}) or rank."),
+    kind: str = typer.Option("transfer", help="A registered attack (privsplit.attacks.ATTACKS): "
+                                              f"{' | '.join(kinds())}."),
     data: str = typer.Option(None, help="lfw | ckplus | celeba | synthetic | path/to/labels.csv (default: the "
                                         "bundle's run: its attack split, its training split as other people)."),
     epochs: int = typer.Option(None, help="Training epochs of the attacker's model (default: the attack's budget)."),

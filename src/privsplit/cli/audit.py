@@ -10,6 +10,8 @@ from typing import Any
 import typer
 from rich.table import Table
 
+import privsplit.attacks  # noqa: F401  (registers the built-in attacks, listed in --help)
+from privsplit.attacks.base import ATTACKS
 from privsplit.cli.common import console, friendly_errors
 
 DATASETS = "lfw | ckplus | celeba | synthetic | path/to/labels.csv"
@@ -86,7 +88,8 @@ def audit_command(
                                         "split as targets, its training split as the attacker's other people)."),
     sensitive: str = typer.Option(None, help="Column to protect (default: the run's, or identity)."),
     primary: str = typer.Option(None, help="Primary label column, for the floor (default: the run's, or gender)."),
-    attacks: str = typer.Option("all", help="all (the profile's attacks) or comma-separated registered names."),
+    attacks: str = typer.Option("all", help="all (the profile's attacks) or comma-separated names of: "
+                                            f"{', '.join(ATTACKS.names()) or '(none registered)'}."),
     profile: str = typer.Option("fast", help="fast (curves, sweeps) | full (every attack)."),
     seeds: int = typer.Option(3, min=1, help="Seeds (enrolment draw + device noise)."),
     out: Path = typer.Option(None, "--out", "-o", help="Folder for audit.json/.md/.png (default BUNDLE/audit)."),
@@ -100,8 +103,6 @@ def audit_command(
     """Worst-case identity leakage of a bundle over every attack, with 95% intervals and an optional gate."""
     from privsplit.audit import audit, bundle_provenance, plot_rows, select_attacks, write_json, write_markdown
     from privsplit.report.plots import plot_audit
-
-    import privsplit.attacks  # noqa: F401  (registers the built-in attacks)
 
     select_attacks(attacks, profile)  # unknown attack or profile: fail before any loading
     client, emb, inp = load_inputs(bundle, data, sensitive=sensitive, primary=primary, n_enrol=n_enrol, aux=aux,

@@ -85,15 +85,9 @@ def demo(
 
     console.rule("4/4 privacy audit (fast profile, 1 seed)")
     rows, reports = _audit(embs, p, art)
-    summary = Table(title=f"{art.primary} vs identity on {art.manifest['dataset']['label']} at {layer}")
-    for col in ("embedding", f"{art.primary} accuracy", "worst-case identity top-1 [95% CI]", "attack", "x floor",
-                "chance", "floor"):
-        summary.add_column(col)
     for kind, r in rows.items():
         r["accuracy"] = evaluate(embs[kind], p.test, column=art.primary).accuracy
-        summary.add_row(kind, f"{r['accuracy']:.1%}", _ci(r), r["worst_attack"], f"{r['worst_times_floor']:.2f}",
-                        f"{r['audit_chance_top1']:.1%}", f"{r['audit_floor_top1']:.1%}")
-    console.print(summary)
+    console.print(_summary(rows, art, layer))
     verdict = _verdict(reports)
     console.print(verdict)
     (out / "demo.json").write_text(json.dumps({"rows": rows, "verdict": verdict, "served": [pr.label for pr in preds],
@@ -114,6 +108,17 @@ def _audit(embs: dict, p, art) -> tuple[dict[str, dict], dict]:
                            n_enrol=min(15, _fewest(p.attack, art.manifest["sensitive"]) - 1))
                for kind, emb in embs.items()}
     return {kind: report_row(rep) for kind, rep in reports.items()}, reports
+
+
+def _summary(rows: dict[str, dict], art, layer: str) -> Table:
+    summary = Table(title=f"{art.primary} vs identity on {art.manifest['dataset']['label']} at {layer}")
+    for col in ("embedding", f"{art.primary} accuracy", "worst-case identity top-1 [95% CI]", "attack", "x floor",
+                "chance", "floor"):
+        summary.add_column(col)
+    for kind, r in rows.items():
+        summary.add_row(kind, f"{r['accuracy']:.1%}", _ci(r), r["worst_attack"], f"{r['worst_times_floor']:.2f}",
+                        f"{r['audit_chance_top1']:.1%}", f"{r['audit_floor_top1']:.1%}")
+    return summary
 
 
 def _fewest(data, column: str) -> int:

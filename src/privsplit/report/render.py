@@ -72,7 +72,7 @@ def _embeddings(doc: Document, ctx: Context) -> None:
     doc.para(f"Siamese fine-tuning changes primary accuracy by {-max(gaps) * 100:+.1f} to {-min(gaps) * 100:+.1f} "
              "pp against the simple embedding (the paper: within ~1.5 pp); PCA reduction to a handful of numbers "
              "costs little, as in the paper.")
-    doc.heading("Fig. 9/12a analogue: identity transfer-learning attack")
+    doc.heading("Fig. 9/12a analogue: identity attacks (the audit's worst case, transfer learning, 1-NN)")
     r0 = rows[0]
     doc.table(["layer", "embedding", "worst case top-1 [95% CI] (attack)", "transfer top-1", "transfer top-5",
                "1-NN top-1"],
