@@ -24,7 +24,7 @@ import numpy as np
 
 from privsplit.data.errors import DataError
 
-__all__ = ["AuditInputs", "bundle_run", "run_inputs", "check_dataset", "dataset_inputs", "split_targets"]
+__all__ = ["AuditInputs", "bundle_run", "run_inputs", "check_dataset", "dataset_inputs", "known_dataset", "split_targets"]
 
 
 @dataclass
@@ -89,11 +89,20 @@ def run_inputs(run: str | Path, *, sensitive: str | None = None, primary: str | 
     return AuditInputs(p.attack, p.train if aux else None, attack_group(art), sens, art.primary, f"run {run}")
 
 
+def known_dataset(name: str) -> dict[str, Any]:
+    """Defaults of a dataset privsplit knows (primary column, near-duplicate group such as CK+'s
+    ``sequence``, which must never straddle enrolment and query); empty for a labels.csv."""
+    from privsplit.train.run import DATASET_DEFAULTS
+
+    return dict(DATASET_DEFAULTS.get(name, {}))
+
+
 def check_dataset(name: str, *, sensitive: str = "identity", primary: str | None = "gender", group: str | None = None,
                   n_enrol: int = 15, n_val: int = 5, data_root: str | None = None) -> Any:
     """Load a dataset's manifest and check its columns and images per identity (no image decoded)."""
     from privsplit.data.loaders import load_manifest
 
+    group = group or known_dataset(name).get("attack_group")
     manifest = load_manifest(name, data_root)
     for col in (c for c in (sensitive, primary, group) if c):
         manifest.column(col)  # DataError listing the available columns
@@ -107,6 +116,7 @@ def dataset_inputs(name: str, preprocess: Any, *, sensitive: str = "identity", p
     """Targets and auxiliary data from a dataset name or labels.csv (see the module docstring)."""
     from privsplit.data.faces import load_faces
 
+    group = group or known_dataset(name).get("attack_group")
     manifest = check_dataset(name, sensitive=sensitive, primary=primary, group=group, n_enrol=n_enrol,
                              n_val=n_val, data_root=data_root)
     columns = [c for c in (sensitive, primary, group) if c]

@@ -155,7 +155,8 @@ def _summarise(name: str, runs: _Runs, n_boot: int) -> AttackSummary:
     pooled = {}
     for key in ("top1", "top5"):
         if all(key in r.hits for r in res):
-            pooled[key] = Figure.clustered(torch.cat([r.hits[key] for r in res]), torch.cat(runs.groups), n_boot=n_boot)
+            hits = torch.cat([r.hits[key] for r in res])
+            pooled[key] = Figure.clustered(hits, torch.cat(runs.groups), n_boot=n_boot)
         elif all(key in r.figures for r in res):
             pooled[key] = _envelope([r.figures[key] for r in res])
     others = sorted({k for r in res for k in r.figures} - {"top1", "top5"})

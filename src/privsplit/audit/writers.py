@@ -42,7 +42,20 @@ def _attack_rows(report: AuditReport) -> list[str]:
         val = "–" if a.validation_top1 is None else f"{a.validation_top1:.1%}"
         cells = [a.name, _fig(a.top1), f"{lo:.1%}–{hi:.1%}", times, _pct(a.top5), val, paired, f"{a.seconds:.0f} s"]
         lines.append("| " + " | ".join(cells + [_fig(a.figures.get(k)) for k in extra]) + " |")
+    blank = [""] * (len(head) - 5)
+    for name, top1, top5 in _references(report):
+        lines.append("| " + " | ".join([f"*{name}*", f"{top1:.1%}", "", f"{top1 / floor:.2f}" if floor > 0 else "–",
+                                          f"{top5:.1%}", *blank]) + " |")
     return lines
+
+
+def _references(report: AuditReport) -> list[tuple[str, float, float]]:
+    """(name, top-1, top-5) of chance and the floors, as rows of the attack table."""
+    f = report.floors
+    rows = [("chance", f.chance_top1, f.chance_top5), (f"{report.primary}-label floor", f.primary_top1, f.primary_top5)]
+    if f.structure_top1 is not None:
+        rows.append((f"{f.structure_name} floor", f.structure_top1, f.structure_top5 or 0.0))
+    return rows
 
 
 def _floor_lines(report: AuditReport) -> list[str]:

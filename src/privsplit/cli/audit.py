@@ -49,12 +49,13 @@ def load_inputs(bundle: Path, data: str | None, *, sensitive: str | None = None,
     The auditor's own data is checked (columns, images per identity) before the bundle or any image
     is loaded, so bad input fails fast with one line.
     """
-    from privsplit.audit.inputs import check_dataset, dataset_inputs, run_inputs
+    from privsplit.audit.inputs import check_dataset, dataset_inputs, known_dataset, run_inputs
     from privsplit.data.transforms import Preprocess
     from privsplit.defenses.bundles import embedding_from_bundles, load_client_bundle, load_server_bundle
 
     run = _use_run(bundle, data)
-    cols = {"sensitive": sensitive or "identity", "primary": primary or "gender"}
+    default_primary = known_dataset(data or "").get("primary", "gender")
+    cols = {"sensitive": sensitive or "identity", "primary": primary or default_primary}
     if run is None:
         check_dataset(data, **cols, n_enrol=n_enrol, data_root=data_root)
     client, server = load_client_bundle(bundle / "client"), load_server_bundle(bundle / "server")
@@ -78,6 +79,12 @@ def _table(report) -> Table:
                       "-" if a.top1 is None else f"{a.top1.value / floor:.2f}",
                       "-" if a.top5 is None else f"{a.top5.value:.1%}",
                       "-" if a.validation_top1 is None else f"{a.validation_top1:.1%}", f"{a.seconds:.0f}s")
+    f = report.floors
+    refs = [("chance", f.chance_top1, f.chance_top5), (f"{report.primary}-label floor", f.primary_top1, f.primary_top5)]
+    if f.structure_top1 is not None:
+        refs.append((f"{f.structure_name} floor", f.structure_top1, f.structure_top5))
+    for name, top1, top5 in refs:
+        table.add_row(f"[dim]{name}[/]", f"{top1:.1%}", "", f"{top1 / floor:.2f}", f"{top5:.1%}", "", "")
     return table
 
 
@@ -87,7 +94,8 @@ def audit_command(
     data: str = typer.Option(None, help=f"Images to attack: {DATASETS} (default: the bundle's run: its attack "
                                         "split as targets, its training split as the attacker's other people)."),
     sensitive: str = typer.Option(None, help="Column to protect (default: the run's, or identity)."),
-    primary: str = typer.Option(None, help="Primary label column, for the floor (default: the run's, or gender)."),
+    primary: str = typer.Option(None, help="Primary label column, for the floor (default: the run's or "
+                                           "dataset's, else gender)."),
     attacks: str = typer.Option("all", help="all (the profile's attacks) or comma-separated names of: "
                                             f"{', '.join(ATTACKS.names()) or '(none registered)'}."),
     profile: str = typer.Option("fast", help="fast (curves, sweeps) | full (every attack)."),
@@ -96,6 +104,8 @@ def audit_command(
     gate: float = typer.Option(None, help="Exit 1 when the worst case's top-1 exceeds GATE x floor (e.g. 1.25)."),
     gate_strict: bool = typer.Option(False, "--gate-strict", help="Gate on the upper 95% bound instead."),
     n_enrol: int = typer.Option(15, min=2, help="Enrolment photos per target."),
+    per_identity: int = typer.Option(None, min=1, help="Cap queries per target (default: all its other photos; "
+                                                      "LFW's most photographed person has ~500)."),
     repeats: int = typer.Option(1, min=1, help="Each query photo sent this many times (fresh noise), averaged."),
     aux: bool = typer.Option(True, "--aux/--no-aux", help="Give attacks images of other people."),
     data_root: str = typer.Option(None, help="Folder holding the datasets (default $PRIVSPLIT_DATA)."),
@@ -111,7 +121,7 @@ def audit_command(
                   f"{0 if inp.aux is None else len(inp.aux)} auxiliary")
     report = audit(emb, inp.targets, aux=inp.aux, attacks=attacks, profile=profile, seeds=seeds,
                    sensitive=inp.sensitive, primary=inp.primary, group=inp.group, n_enrol=n_enrol,
-                   repeats=repeats, gate=gate, gate_strict=gate_strict,
+                   per_identity=per_identity, repeats=repeats, gate=gate, gate_strict=gate_strict,
                    provenance={**bundle_provenance(bundle), "data_source": inp.source})
     out = out or bundle / "audit"
     out.mkdir(parents=True, exist_ok=True)
