@@ -214,3 +214,26 @@ def test_cli_errors(tmp_path, test_attacks):
     assert code == 2 and "too few images per identity" in out and ">= 16 images" in out
     code, out = _cli(tmp_path / "bundle", "--data", _csv(tmp_path, 20), "--attacks", "test-centroid")
     assert code == 2 and "is not a client bundle" in out
+
+
+def test_feature_cache_matches_the_extractor_and_never_goes_stale(one_thread):
+    from privsplit.audit.cache import FeatureCache, with_cache
+    from privsplit.defenses.embedding import Embedding
+
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten())
+    emb = Embedding.from_parts(kind="simple", layer="x", extractor=conv, analyzer=nn.Identity(), reduce=nn.Identity(),
+                               reconstruct=nn.Identity(), noise=GaussianNoise(sigma=0.0)).eval()
+    cache = FeatureCache()
+    view = with_cache(emb, cache)
+    x = torch.randn(6, 3, 8, 8)
+    with torch.no_grad():
+        ref = emb.client_features(x, noisy=False)
+        assert torch.allclose(view.client_features(x, noisy=False), ref, atol=1e-6) and cache.misses == 6
+        # another batch sharing 3 images: only the 3 new ones are computed
+        assert torch.allclose(view.client_features(torch.cat([x[3:], -x[:3]]), noisy=False)[:3], ref[3:], atol=1e-6)
+        assert (cache.hits, cache.misses) == (3, 9)
+        conv[0].weight.mul_(2)  # an in-place change of the layers invalidates what was cached
+        assert torch.allclose(view.client_features(x, noisy=False), emb.client_features(x, noisy=False), atol=1e-6)
+        assert cache.misses == 15
+    z = view.client_features(x.requires_grad_(), noisy=False)  # with gradients on, the extractor always runs
+    assert z.requires_grad and view.client_features is not emb.client_features
