@@ -32,7 +32,7 @@ def _attack_rows(report: AuditReport) -> list[str]:
     extra = sorted({k for a in report.attacks for k in a.figures})
     floor = report.floors.reference
     head = ["attack", "top-1 [95% CI], mean over seeds", "spread over seeds", "× floor", "top-5",
-            "validation top-1", "paired test vs worst", "time"] + extra
+            "validation top-1", "worst − this attack (paired test)", "time"] + extra
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a in report.attacks:
         lo, hi = a.spread
