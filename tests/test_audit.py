@@ -167,6 +167,9 @@ def test_compare_audits_paired(test_attacks, one_thread):
     assert not same.separated and "do not separate" in leak_sentence("a", "b", same)
     with pytest.raises(ValueError, match="same queries"):
         compare_audits(clean, run(False, seeds=1))
+    # from audit.json (what two separate `privsplit audit` runs leave behind): the same test
+    from_files = compare_audits(json.loads(json.dumps(clean.to_dict())), json.loads(json.dumps(leaky.to_dict())))
+    assert from_files == test
 
 
 def test_expression_matched_floor_hand_case():

@@ -113,8 +113,10 @@ def test_audit_cli_gate_exit_codes_and_files(trained, nearest_mean):
     assert audit["provenance"]["client_tensors_sha256"] and audit["queries"]["identities"] == 4
     assert (bundle / "audit" / "audit.png").stat().st_size > 0
     assert "Worst case" in (bundle / "audit" / "audit.md").read_text()
-    res = runner.invoke(app, base + ["--gate", "0.01", "--out", str(bundle / "audit-fail")])
+    res = runner.invoke(app, base + ["--gate", "0.01", "--out", str(bundle / "audit-fail"),
+                                     "--compare", str(bundle / "audit" / "audit.json")])
     assert res.exit_code == 1 and "gate FAILED" in res.output and "exceeds" in res.output
+    assert "the data do not separate" in " ".join(res.output.split())  # the same bundle against itself
 
 
 def test_audit_cli_own_labelled_photos_and_mismatched_pair(trained, nearest_mean, tmp_path):

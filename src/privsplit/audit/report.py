@@ -139,22 +139,46 @@ class AuditReport:
                 "maximum_optimistic": self.optimistic.to_dict(), "floors": self.floors.to_dict(),
                 "attacks": [a.to_dict() for a in self.attacks], "paired_tests_vs_worst": comps,
                 "gate": None if self.gate is None else {**asdict(self.gate), "reason": self.gate.reason},
-                "queries": self.queries, "provenance": self.provenance, "seconds": self.seconds}
+                "queries": self.queries, "provenance": self.provenance, "seconds": self.seconds,
+                "per_query": self.per_query()}
+
+    def per_query(self) -> dict[str, Any]:
+        """Per-query top-1 hits of every attack (a 0/1 string per seed) and each query's identity, so two
+        audits written to JSON can still be compared with a paired test (:func:`compare_audits`)."""
+        with_hits = [a for a in self.attacks if a.hits]
+        groups = [g.tolist() for g in with_hits[0].groups] if with_hits else []
+        return {"query_keys": self.query_keys, "groups": groups, "worst": self.worst.attack,
+                "top1_hits": {a.name: ["".join("1" if v else "0" for v in h.tolist()) for h in a.hits]
+                              for a in with_hits}}
 
 
-def compare_audits(a: AuditReport, b: AuditReport, *, attack: str | None = None, n_boot: int = 2000,
-                   seed: int = 0) -> PairedTest:
+def _hits(report: AuditReport | dict[str, Any], attack: str | None) -> tuple[list[str], Tensor, Tensor]:
+    """(query keys, pooled top-1 hits, pooled identities) of an in-memory report or its ``to_dict()``."""
+    if isinstance(report, AuditReport):
+        h, g = report.attack(attack or report.worst.attack).pooled()
+        return report.query_keys, h, g
+    pq = report["per_query"]
+    name = attack or pq["worst"]
+    if name not in pq["top1_hits"]:
+        raise KeyError(f"no per-query hits of attack '{name}' in this audit; it has {', '.join(pq['top1_hits'])}")
+    hits = torch.tensor([c == "1" for s in pq["top1_hits"][name] for c in s], dtype=torch.float64)
+    return pq["query_keys"], hits, torch.tensor([i for g in pq["groups"] for i in g])
+
+
+def compare_audits(a: AuditReport | dict[str, Any], b: AuditReport | dict[str, Any], *, attack: str | None = None,
+                   n_boot: int = 2000, seed: int = 0) -> PairedTest:
     """Paired bootstrap of ``a`` minus ``b`` (identity top-1) on the same queries.
 
-    By default each side's worst case (chosen on validation) is compared; ``attack`` compares one named
-    attack on both. Both audits must have used the same data, seeds and enrolment draws (checked
-    through the query keys), so per-query hits line up.
+    ``a`` and ``b`` are reports or their ``to_dict()`` (the content of ``audit.json``). By default each
+    side's worst case (chosen on validation) is compared; ``attack`` compares one named attack on both.
+    Both audits must have used the same data, seeds and enrolment draws (checked through the query
+    keys), so per-query hits line up.
     """
-    if not a.query_keys or a.query_keys != b.query_keys:
+    keys_a, ha, ga = _hits(a, attack)
+    keys_b, hb, _ = _hits(b, attack)
+    if not keys_a or keys_a != keys_b:
         raise ValueError("the two audits did not use the same queries (data, seeds or enrolment draws differ); "
                          "audit both defences with the same --data and --seeds")
-    ha, ga = a.attack(attack or a.worst.attack).pooled()
-    hb, _ = b.attack(attack or b.worst.attack).pooled()
     return paired_bootstrap(ha, hb, ga, n_boot=n_boot, seed=seed)
 
 

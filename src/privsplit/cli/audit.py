@@ -108,10 +108,13 @@ def audit_command(
                                                       "LFW's most photographed person has ~500)."),
     repeats: int = typer.Option(1, min=1, help="Each query photo sent this many times (fresh noise), averaged."),
     aux: bool = typer.Option(True, "--aux/--no-aux", help="Give attacks images of other people."),
+    compare: Path = typer.Option(None, help="audit.json of another bundle audited on the same --data and --seeds: "
+                                            "a paired test says whether this one leaks less."),
     data_root: str = typer.Option(None, help="Folder holding the datasets (default $PRIVSPLIT_DATA)."),
 ) -> None:
     """Worst-case identity leakage of a bundle over every attack, with 95% intervals and an optional gate."""
-    from privsplit.audit import audit, bundle_provenance, plot_rows, select_attacks, write_json, write_markdown
+    from privsplit.audit import (audit, bundle_provenance, compare_audits, leak_sentence, plot_rows, select_attacks,
+                                 write_json, write_markdown)
     from privsplit.report.plots import plot_audit
 
     select_attacks(attacks, profile)  # unknown attack or profile: fail before any loading
@@ -131,6 +134,10 @@ def audit_command(
     console.print(_table(report))
     console.print(report.headline())
     console.print(f"written: {out / 'audit.json'}, {out / 'audit.md'}, {out / 'audit.png'}")
+    if compare is not None:
+        other = json.loads(Path(compare).read_text())
+        name = other.get("provenance", {}).get("bundle") or str(compare)
+        console.print(leak_sentence(str(bundle), name, compare_audits(report, other)))
     if report.gate is not None:
         verdict = "[bold green]gate passed[/]" if report.gate.passed else "[bold red]gate FAILED[/]"
         console.print(f"{verdict}: {report.gate.reason}")
