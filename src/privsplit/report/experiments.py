@@ -41,11 +41,17 @@ def rank_privacy_of(embedding: Embedding, data: FaceData, *, sensitive: str = "i
 
 def noise_tradeoff(embedding: Embedding, sigmas: Sequence[float], *, test: FaceData, attack: AttackData,
                    primary: str, transfer: TransferConfig | None = None, name: str | None = None,
-                   sensitive: str = "identity", seed: int = 0) -> list[dict[str, Any]]:
+                   sensitive: str = "identity", seed: int = 0, aux: FaceData | None = None,
+                   group: str | None = None, n_enrol: int = 15, audit_seeds: int = 1) -> list[dict[str, Any]]:
     """Accuracy vs privacy over noise levels (the paper's Fig. 10): one row per sigma.
 
+    Identity leakage per sigma is the audit's fast profile (worst case over its attacks, chosen on
+    validation, with its interval; ``aux`` = the attacker's other people); 1-NN alone (and the transfer
+    attack when ``transfer`` is given) only where no fast attack is registered or transfer is asked for.
     Noise is drawn reproducibly (``seed``) so a rerun gives the same curve.
     """
+    from privsplit.audit import audit_row, profile_available
+
     if not isinstance(embedding.noise, GaussianNoise) or embedding.noise.std is None:
         raise ValueError("noise_tradeoff needs a noisy embedding with fitted per-dimension std "
                          "(kind 'noisy-reduced-simple' or 'advanced')")
@@ -60,18 +66,25 @@ def noise_tradeoff(embedding: Embedding, sigmas: Sequence[float], *, test: FaceD
                "accuracy": rep.accuracy, "balanced_accuracy": rep.balanced_accuracy,
                "rank_privacy": rank_privacy_of(emb, attack.all, sensitive=sensitive, seed=seed),
                "rank_privacy_ceiling": ceiling}
-        row.update(identity_attacks(emb, attack, primary=primary, transfer=transfer, name=name))
+        if transfer is not None or not profile_available("fast"):
+            row.update(identity_attacks(emb, attack, primary=primary, transfer=transfer, name=name))
+        if profile_available("fast"):
+            row.update(audit_row(emb, attack.all, aux=aux, group=group, profile="fast", seeds=audit_seeds,
+                                 sensitive=sensitive, primary=primary, n_enrol=n_enrol))
         rows.append(row)
     return rows
 
 
 def embedding_table(run: Any, art: Any, prepared: Any, *, layers: Sequence[str], data: AttackData,
                     siamese: SiameseConfig, transfer: TransferConfig | None,
-                    on_row: Any = None) -> list[dict[str, Any]]:
+                    on_row: Any = None, audit: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Table I/II and Fig. 9/12a rows: primary accuracy and identity attacks per embedding and layer.
 
-    ``run`` is the run folder (the Siamese fine-tuned models are cached there).
+    ``run`` is the run folder (the Siamese fine-tuned models are cached there). ``audit`` (options of
+    :func:`privsplit.audit.audit`) adds the worst case over the audit profile's attacks to every row.
     """
+    from privsplit.audit import audit_row
+
     rows = []
     for layer in layers:
         tuned = cached_siamese(run, art, prepared.train, layer=layer, cfg=siamese)
@@ -82,6 +95,8 @@ def embedding_table(run: Any, art: Any, prepared: Any, *, layers: Sequence[str],
             row = {"accuracy": rep.accuracy, "balanced_accuracy": rep.balanced_accuracy,
                    "dim": PAPER_DIMS.get(layer, 8) if "reduced" in kind else None}
             row.update(identity_attacks(emb, data, primary=art.primary, transfer=transfer, name=kind))
+            if audit is not None:
+                row.update(audit_row(emb, data.all, primary=art.primary, **audit))
             rows.append(row)
             if on_row is not None:
                 on_row(row)

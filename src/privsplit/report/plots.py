@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["plot_attack_bars", "plot_tradeoff"]
+__all__ = ["plot_attack_bars", "plot_tradeoff", "plot_audit"]
 
 
 def _save(fig: Any, ax: Any, path: str | Path, title: str) -> Path:
@@ -60,3 +60,22 @@ def plot_tradeoff(curves: dict[str, Sequence[dict[str, Any]]], path: str | Path,
     ax.set_xlabel("identity privacy (" + privacy.replace("_", " ") + ")")
     ax.set_ylabel("primary accuracy (%)")
     return _save(fig, ax, path, title)
+
+
+def plot_audit(rows: dict[str, Any], path: str | Path) -> Path:
+    """Each attack's identity top-1 with its 95% interval as error bars, against chance and the floor.
+
+    ``rows`` is :func:`privsplit.audit.plot_rows`'s plain data (``bars``: attack, top1, ci95, worst).
+    """
+    bars = rows["bars"]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(bars) + 2), 4))
+    vals = [b["top1"] * 100 for b in bars]
+    err = [[(b["top1"] - b["ci95"][0]) * 100 for b in bars], [(b["ci95"][1] - b["top1"]) * 100 for b in bars]]
+    colours = ["tab:red" if b.get("worst") else "tab:blue" for b in bars]
+    ax.bar(range(len(bars)), vals, yerr=err, capsize=4, color=colours)
+    ax.axhline(rows["chance"] * 100, color="k", ls="--", lw=1, label=f"chance ({rows['chance']:.1%})")
+    ax.axhline(rows["floor"] * 100, color="gray", ls=":", lw=1.5, label=f"floor ({rows['floor']:.1%})")
+    ax.set_xticks(range(len(bars)), [b["attack"] + (" (worst)" if b.get("worst") else "") for b in bars],
+                  rotation=20, ha="right")
+    ax.set_ylabel("identity top-1 (%), 95% CI")
+    return _save(fig, ax, path, rows.get("title", "Identity attacks"))

@@ -27,6 +27,22 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.1%}"
 
 
+def _worst(r: dict[str, Any]) -> str:
+    """The audit's worst case of a row: top-1 [95% CI] and the attack that reached it."""
+    if r.get("worst_top1") is None:
+        return "-"
+    lo, hi = r["worst_top1_ci95"]
+    return f"{r['worst_top1']:.1%} [{lo:.1%}, {hi:.1%}] ({r['worst_attack']})"
+
+
+def _audit_note(r: dict[str, Any]) -> str:
+    if r.get("worst_top1") is None:
+        return "No audit ran (no attack registered for the audit profile)."
+    return (f"Worst case = the audit's {r['audit_profile']} profile over {r['audit_seeds']} seed(s), the attack chosen "
+            f"on a validation split of the enrolment photos, 95% interval by bootstrap over identities; floor "
+            f"{_pct(r['audit_floor_top1'])}, chance {_pct(r['audit_chance_top1'])} (`privsplit audit` for details).")
+
+
 def _primary(doc: Document, ctx: Context, label: str) -> None:
     tr = ctx.results["train"]
     doc.heading("Primary model")
@@ -56,11 +72,13 @@ def _embeddings(doc: Document, ctx: Context) -> None:
     doc.para(f"Siamese fine-tuning changes primary accuracy by {-max(gaps) * 100:+.1f} to {-min(gaps) * 100:+.1f} "
              "pp against the simple embedding (the paper: within ~1.5 pp); PCA reduction to a handful of numbers "
              "costs little, as in the paper.")
-    doc.heading("Fig. 9/12a analogue: identity transfer-learning attack")
+    doc.heading("Fig. 9/12a analogue: identity attacks (the audit's worst case, transfer learning, 1-NN)")
     r0 = rows[0]
-    doc.table(["layer", "embedding", "transfer top-1", "transfer top-5", "1-NN top-1"],
-              [[r["layer"], r["embedding"], _pct(r.get("transfer_top1")), _pct(r.get("transfer_top5")),
+    doc.table(["layer", "embedding", "worst case top-1 [95% CI] (attack)", "transfer top-1", "transfer top-5",
+               "1-NN top-1"],
+              [[r["layer"], r["embedding"], _worst(r), _pct(r.get("transfer_top1")), _pct(r.get("transfer_top5")),
                 _pct(r["nn_top1"])] for r in rows])
+    doc.para(_audit_note(rows[0]))
     doc.figure(ctx.figure("fig_transfer_attack.png"), "Identity attack accuracy per layer and embedding")
     floor = r0.get("primary_floor_top1")
     doc.para(f"{r0['identities']} attack identities never seen in primary training: chance is {_pct(r0['chance_top1'])}"
@@ -72,10 +90,13 @@ def _embeddings(doc: Document, ctx: Context) -> None:
 def _tradeoff(doc: Document, ctx: Context) -> None:
     rows = ctx.results["tradeoff"]
     doc.heading("Fig. 10/12b analogue: accuracy-privacy trade-off under noise")
-    doc.table(["layer", "embedding", "sigma", "accuracy", "rank privacy", "1-NN top-1", "transfer top-1"],
+    doc.table(["layer", "embedding", "sigma", "accuracy", "rank privacy", "worst case top-1 [95% CI] (attack)",
+               "transfer top-1"],
               [[r["layer"], r["embedding"], r["sigma"], _pct(r["accuracy"]),
-                "-" if r["rank_privacy"] is None else f"{r['rank_privacy']:.3f}", _pct(r["nn_top1"]),
+                "-" if r["rank_privacy"] is None else f"{r['rank_privacy']:.3f}",
+                _worst(r) if r.get("worst_top1") is not None else f"{_pct(r.get('nn_top1'))} (1-NN)",
                 _pct(r.get("transfer_top1"))] for r in rows])
+    doc.para(_audit_note(rows[0]))
     doc.figure(ctx.figure("fig_tradeoff.png"), "Accuracy vs rank privacy: advanced vs noisy reduced simple")
     if len(ctx.cfg["tradeoff_layers"]) > 1:
         doc.figure(ctx.figure("fig_tradeoff_layers.png"), "Advanced embedding at each layer")

@@ -27,6 +27,20 @@ def _siamese_cfg(c: dict[str, Any]) -> Any:
     return SiameseConfig(train=TrainConfig(epochs=c["siamese_epochs"], lr=5e-4, warmup_fraction=0.0, seed=c["seed"]))
 
 
+def _audit_options(ctx: Context) -> dict[str, Any] | None:
+    """Options of the audit run on every embedding (profile ``audit_profile``, default fast: the quick
+    report stays quick), or None on a build without any attack registered for that profile."""
+    from privsplit.audit import profile_available
+
+    c = ctx.cfg
+    profile = c.get("audit_profile", "fast")
+    if not profile_available(profile):
+        return None
+    _, p = ctx.run()
+    return {"aux": p.train, "group": c.get("attack_group"), "profile": profile, "seeds": c.get("audit_seeds", 1),
+            "n_enrol": c["n_train"]}
+
+
 def _embeddings(ctx: Context) -> list[dict[str, Any]]:
     from privsplit.attacks.transfer import TransferConfig
     from privsplit.report.experiments import embedding_table
@@ -35,7 +49,7 @@ def _embeddings(ctx: Context) -> list[dict[str, Any]]:
     c = ctx.cfg
     art, p = ctx.run()
     rows = embedding_table(ctx.run_dir, art, p, layers=c["layers"], data=ctx.attack_data(), siamese=_siamese_cfg(c),
-                           transfer=TransferConfig(epochs=c["attack_epochs"], seed=c["seed"]))
+                           transfer=TransferConfig(epochs=c["attack_epochs"], seed=c["seed"]), audit=_audit_options(ctx))
     write_rows(ctx.figure("embeddings"), rows)
     plot_attack_bars(rows, ctx.figure("fig_transfer_attack.png"),
                      title=f"Identity transfer attack on {art.manifest['dataset']['label']}")
@@ -59,7 +73,8 @@ def _tradeoff(ctx: Context) -> list[dict[str, Any]]:
             emb = build_embedding(kind, art.model, layer=layer, train=p.train, column=art.primary, sigma=1.0,
                                   tuned=tuned, noise_seed=c["seed"], progress=False)
             rows += noise_tradeoff(emb, c["sigmas"], test=p.test, attack=data, primary=art.primary,
-                                   transfer=transfer, seed=c["seed"])
+                                   transfer=transfer, seed=c["seed"], aux=p.train, group=c.get("attack_group"),
+                                   n_enrol=c["n_train"], audit_seeds=c.get("audit_seeds", 1))
     write_rows(ctx.figure("tradeoff"), rows)
     unprotected = ctx.results["train"]["test"]["accuracy"]
     last = c["tradeoff_layers"][-1]
@@ -133,10 +148,11 @@ STAGES: list[Stage] = [
           ("dataset", "arch", "width", "size", "epochs", "batch_size", "seed")),
     Stage("embeddings", _embeddings,
           lambda c: len(c["layers"]) * (c["siamese_epochs"] * _estimate_epoch_s(c) + 4 * 60) / 60,
-          ("layers", "siamese_epochs", "attack_epochs", "per_identity", "n_train", "attack_group", "seed")),
+          ("layers", "siamese_epochs", "attack_epochs", "per_identity", "n_train", "attack_group", "seed",
+           "audit_profile", "audit_seeds")),
     Stage("tradeoff", _tradeoff, lambda c: len(c["tradeoff_layers"]) * 2 * len(c["sigmas"]) * 10 / 60,
           ("tradeoff_layers", "sigmas", "tradeoff_transfer", "siamese_epochs", "attack_epochs", "per_identity",
-           "n_train", "attack_group", "seed")),
+           "n_train", "attack_group", "seed", "audit_seeds")),
     Stage("reconstruction", _reconstruction, lambda c: 3 * c.get("recon_epochs", 0) * _estimate_epoch_s(c) / 60,
           ("layers", "siamese_epochs", "recon_epochs", "recon_sigma", "seed")),
     Stage("cost", _cost, lambda c: 2 + 10 * sum(":224" in m for m in c.get("cost_models", [])),
