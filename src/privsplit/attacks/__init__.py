@@ -24,13 +24,15 @@ from __future__ import annotations
 
 from privsplit.attacks.base import ATTACKS, Attack, AttackResult, Figure, IdentityAttack, identity_result, wilson_interval
 from privsplit.attacks.common import primary_label_floor, received_features
-from privsplit.attacks.transfer import NearestNeighborAttack, TransferAttack, TransferConfig
+from privsplit.attacks.transfer import TransferAttack, TransferConfig
 
 __all__ = ["ATTACKS", "Attack", "IdentityAttack", "AttackResult", "Figure", "identity_result", "wilson_interval",
-           "primary_label_floor", "received_features", "NearestNeighborAttack", "TransferAttack", "TransferConfig"]
+           "primary_label_floor", "received_features", "TransferAttack", "TransferConfig"]
 
 from privsplit.attacks.reconstruction import (  # noqa: E402
-    Decoder, ReconConfig, ReconstructionAttack, save_reconstruction_grid,
+    Decoder, ReconConfig, ReconstructionAttack, ReconstructionIdentityAttack, save_reconstruction_grid,
 )
+from privsplit.attacks.inversion import InversionAttack, InversionConfig  # noqa: E402
 
-__all__ += ["Decoder", "ReconConfig", "ReconstructionAttack", "save_reconstruction_grid"]
+__all__ += ["Decoder", "ReconConfig", "ReconstructionAttack", "ReconstructionIdentityAttack",
+            "save_reconstruction_grid", "InversionAttack", "InversionConfig"]
