@@ -198,6 +198,12 @@ def test_inversion_recovers_a_planted_image_and_uses_the_prior():
     assert mse["smooth"] < mse["rough"]  # the prior helps where the features under-determine the image
     assert float(total_variation(smooth).mean()) < float(total_variation(rough).mean())
     assert float(smooth.min()) >= 0.0 and float(smooth.max()) <= 1.0
+    # optimising at a lower resolution is a further smoothness prior; the result has the input size
+    coarse = invert(conv, target, mean, steps=150, lr=0.05, tv_weight=0.0, resolution=8)
+    assert coarse.shape == planted.shape
+    assert float(total_variation(coarse).mean()) < float(total_variation(rough).mean())
+    with pytest.raises(ValueError, match="resolution must be >= 4"):
+        InversionConfig(resolution=2)
     # squared TV by hand on a 2x2 image: rows differ by 1 (mean 1/2 over 2 positions), columns by 0
     assert float(total_variation(torch.tensor([[[[0.0, 0.0], [1.0, 1.0]]]]))) == pytest.approx(1.0)
 
