@@ -8,7 +8,8 @@ features with respect to the input pixels (Mahendran & Vedaldi 2015). For each r
 * ``f`` = extractor -> reduction of the attacker's copy of the client (no noise; eval mode), applied to
   the image normalised like the dataset (``Preprocess`` mean/std);
 * ``s`` = per-feature std of the clean features of the attacker's ``aux`` photos, floored at 10% of the
-  typical std (units that never fire would otherwise get an infinite weight): puts every feature on one scale, and for noise scaled by the feature std (``scale="std"``, the advanced embedding) it is the
+  typical std (units that never fire would otherwise get an infinite weight): puts every feature on one
+  scale, and for noise scaled by the feature std (``scale="std"``, the advanced embedding) it is the
   Gaussian likelihood's own weighting;
 * ``TV2`` = mean squared difference of horizontally and vertically adjacent pixels: the smoothness prior
   (natural images are smooth; without it the optimum is high-frequency noise the extractor ignores);
@@ -139,7 +140,8 @@ class InversionAttack(RecognizerAttack):
         self.pixel_std = torch.tensor(aux.preprocess.std, dtype=torch.float32).view(1, 3, 1, 1)
 
     def _features(self, x: Tensor) -> Tensor:
-        x = ((x - self.pixel_mean) / self.pixel_std).contiguous(memory_format=torch.channels_last)  # faster convs on CPU
+        # channels-last: about 1.5x faster convolutions on CPU (measured at 64 px on VGG-16 x0.25)
+        x = ((x - self.pixel_mean) / self.pixel_std).contiguous(memory_format=torch.channels_last)
         return self.embedding.client_features(x, noisy=False)
 
     def images(self, received: Tensor, *, repeats: int = 1) -> Tensor:
