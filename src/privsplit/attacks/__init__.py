@@ -36,7 +36,9 @@ __all__ = ["ATTACKS", "Attack", "IdentityAttack", "AttackResult", "Figure", "ide
            "identity_attacks", "TransferAttack", "TransferConfig"]
 
 from privsplit.attacks.reconstruction import (  # noqa: E402
-    Decoder, ReconConfig, ReconstructionAttack, save_reconstruction_grid,
+    Decoder, ReconConfig, ReconstructionAttack, ReconstructionIdentityAttack, save_reconstruction_grid,
 )
+from privsplit.attacks.inversion import InversionAttack, InversionConfig  # noqa: E402
 
-__all__ += ["Decoder", "ReconConfig", "ReconstructionAttack", "save_reconstruction_grid"]
+__all__ += ["Decoder", "ReconConfig", "ReconstructionAttack", "ReconstructionIdentityAttack",
+            "save_reconstruction_grid", "InversionAttack", "InversionConfig"]

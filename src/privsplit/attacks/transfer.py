@@ -1,213 +1,208 @@
-"""Transfer-learning identity attack (Osia et al. 2017, Section IV-A, Fig. 6) and a 1-NN attack.
+"""Transfer-learning identity attack (Osia et al. 2017, Section IV-A, Fig. 6), made strong on purpose.
 
 The attacker copies the device layers (extractor, reduction, noise: exactly what produces the
-transmitted features), freezes them, and trains fresh upper layers to recognise identity on its own
-labelled images of the attack identities. Made strong and honest on purpose (a weak attack makes
-every defence look good):
+transmitted features), freezes them, and trains fresh upper layers to recognise identity from its
+enrolment photos of the targets. A weak attack makes every defence look good, so:
 
-* heads: ``"analyzer"`` (the paper's N2: the reconstruction layer, which the server knows, and the
-  analyzer's architecture re-initialised with a T-way output), ``"conv"`` (a small conv net for
-  spatial features), ``"mlp"`` (2 hidden layers); ``head="auto"`` (default) tries the analyzer head and
-  the conv (spatial features) or MLP (vectors) head and keeps the best on validation;
+* **every head** (:mod:`privsplit.attacks.heads`): the paper's N2 (``"analyzer"``), a conv net for
+  spatial features (``"conv"``) and an MLP (``"mlp"``);
+* **restarts**: each head is trained ``restarts`` times (different initialisation and batch order), and
+  the restarts of one head form that head's ensemble; the **ensemble** of every member of every head is
+  a further candidate. Members are combined by *averaging their softmax probabilities* (not logits:
+  heads of different architectures have differently scaled logits, probabilities are comparable);
+* **chosen without peeking**: the learning rate (per head, on its first restart) and the candidate
+  (one head's ensemble, or the all-heads ensemble) are chosen by top-1 on a validation split of the
+  attacker's enrolment photos (``val_per_identity`` per identity, each seen with ``val_draws`` fresh noise
+  draws); the chosen members are then retrained on all the enrolment photos;
 * training sees the features exactly as the server would, with *fresh* noise at every step, and
-  ``copies`` augmented versions of each image (flip/shift/brightness) computed once;
-* the learning rate is chosen on a validation split (``val_per_identity`` images of each identity
-  held out of the attacker's training images), then the head is retrained on all of them.
+  ``copies`` augmented versions of each image (flip/shift/brightness) computed once.
 
-Figures: top-1 and top-5 accuracy with Wilson 95% intervals, beside chance (1/T) and the
-primary-label floor (an attacker who knows only the primary label; with two balanced genders ~2/T).
+:meth:`TransferAttack.score` works on averaged repeated queries (``repeats=k``): the heads, trained on
+single noisy queries, are applied to the k-averaged features, which carry ``1/sqrt(k)`` of the noise.
 """
 from __future__ import annotations
 
-import copy
+import time
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
-from privsplit.attacks.base import Attack, AttackResult, Figure
-from privsplit.attacks.common import clean_features, primary_label_floor, relabel, topk_hits
+from privsplit.attacks.base import ATTACKS, AttackResult, IdentityAttack
+from privsplit.attacks.common import clean_features, relabel
+from privsplit.attacks.heads import build_head, head_kinds, train_head
 from privsplit.data.faces import FaceData
 
-__all__ = ["TransferConfig", "TransferAttack", "NearestNeighborAttack"]
+__all__ = ["TransferConfig", "TransferAttack"]
+
+try:  # Python 3.11+
+    from typing import Self
+except ImportError:  # pragma: no cover - 3.10
+    from typing_extensions import Self
 
 
 @dataclass(frozen=True)
 class TransferConfig:
-    head: str = "auto"  # | "analyzer" | "conv" | "mlp"
+    """Training budget and choices of the transfer attack.
+
+    Budget (defaults): ``epochs=40`` per member, ``restarts=3`` per head, heads = analyzer + conv (spatial
+    features) or analyzer + MLP (vectors) for ``head="auto"``. Trainings per fit: one per (head, lr) for the
+    learning-rate search, ``restarts - 1`` more per head on the validation split, then the chosen members
+    again on all enrolment photos: with 2 heads, 3 lrs and 3 restarts at most 6 + 4 + 6 = 16 trainings.
+
+    Args:
+        head: ``"auto"`` (every head that applies, and their ensemble) or one of analyzer | conv | mlp
+            (that head's restarts and their ensemble).
+        epochs: passes over the enrolment photos per member.
+        restarts: members per head (different seeds); >= 1, 3 by default.
+        lrs: learning rates tried (per head, on its first restart).
+        copies: augmented versions of each enrolment photo (copy 0 is the photo itself).
+        val_per_identity: enrolment photos per identity held out to choose lr and candidate.
+        val_draws: fresh noise draws of each validation photo (steadies the choice on noisy embeddings).
+        seed: added to the attack's ``seed`` (so either may be set).
+    """
+
+    head: str = "auto"
     epochs: int = 40
+    restarts: int = 3
     batch_size: int = 64
     lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     weight_decay: float = 5e-4
     copies: int = 6
     val_per_identity: int = 3
+    val_draws: int = 4
     seed: int = 0
 
-
-def _reinit(module: nn.Module) -> None:
-    for m in module.modules():
-        if hasattr(m, "reset_parameters"):
-            m.reset_parameters()
-
-
-def _analyzer_head(embedding: nn.Module, num_classes: int) -> nn.Module:
-    head = nn.Sequential(copy.deepcopy(embedding.reconstruct), copy.deepcopy(embedding.analyzer))
-    _reinit(head[1])
-    last_name, last = list(head[1].named_children())[-1]
-    if not isinstance(last, nn.Linear):
-        raise ValueError("the 'analyzer' head needs an analyzer ending in nn.Linear; use head='mlp'")
-    setattr(head[1], last_name, nn.Linear(last.in_features, num_classes))
-    for p in head.parameters():
-        p.requires_grad_(True)
-    return head
+    def __post_init__(self) -> None:
+        if self.restarts < 1 or self.epochs < 1 or not self.lrs:
+            raise ValueError("TransferConfig needs restarts >= 1, epochs >= 1 and at least one learning rate")
+        if self.val_per_identity < 1:
+            raise ValueError("val_per_identity must be >= 1: the head and lr are chosen on held-out enrolment photos")
 
 
-def _conv_head(shape: tuple[int, ...], num_classes: int, width: int = 256) -> nn.Module:
-    c = shape[0]
-    return nn.Sequential(nn.Conv2d(c, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                         nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3), nn.Linear(width, num_classes))
+@dataclass(frozen=True)
+class Member:
+    """One trained head of the ensemble."""
 
-
-def _mlp_head(shape: tuple[int, ...], num_classes: int, hidden: int = 512) -> nn.Module:
-    d = int(torch.tensor(shape).prod())
-    return nn.Sequential(nn.Flatten(), nn.BatchNorm1d(d), nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(0.3),
-                         nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
-
-
-class TransferAttack(Attack):
-    """Train fresh upper layers on the transmitted features to recognise identity."""
-
-    name = "transfer"
-
-    def __init__(self, embedding: nn.Module, *, config: TransferConfig = TransferConfig(),
-                 embedding_name: str | None = None) -> None:
-        self.embedding, self.config = embedding.eval(), config
-        self.embedding_name = embedding_name or getattr(embedding, "kind", "embedding")
-        self.head: nn.Module | None = None
-        self.scores: dict[tuple[str, float], float] = {}
-
-    def _heads(self, shape: tuple[int, ...]) -> list[str]:
-        head = self.config.head
-        if head == "auto":
-            return ["analyzer", "conv" if len(shape) == 3 else "mlp"]
-        if head not in ("analyzer", "conv", "mlp"):
-            raise ValueError(f"head='{head}' unknown; use 'auto', 'analyzer', 'conv' or 'mlp'")
-        if head == "conv" and len(shape) != 3:
-            raise ValueError(f"head='conv' needs spatial (C, H, W) features, got shape {shape}; use 'mlp'")
-        return [head]
-
-    def _new_head(self, kind: str, shape: tuple[int, ...], num_classes: int) -> nn.Module:
-        torch.manual_seed(self.config.seed)
-        if kind == "analyzer":
-            return _analyzer_head(self.embedding, num_classes)
-        return _conv_head(shape, num_classes) if kind == "conv" else _mlp_head(shape, num_classes)
-
-    def _train(self, feats: torch.Tensor, y: torch.Tensor, num_classes: int, choice: tuple[str, float]) -> nn.Module:
-        cfg = self.config
-        kind, lr = choice
-        head = self._new_head(kind, tuple(feats.shape[2:]), num_classes)
-        opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        n, steps = feats.shape[1], 0
-        total = cfg.epochs * ((n + cfg.batch_size - 1) // cfg.batch_size)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-        head.train()
-        for _ in range(cfg.epochs):
-            order = torch.randperm(n, generator=gen)
-            for s in range(0, n, cfg.batch_size):
-                idx = order[s : s + cfg.batch_size]
-                if len(idx) < 2:
-                    continue
-                copy_idx = torch.randint(0, feats.shape[0], (len(idx),), generator=gen)
-                with torch.no_grad():
-                    x = self.embedding.noise(feats[copy_idx, idx])  # fresh noise, as the server would see
-                loss = F.cross_entropy(head(x), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                steps += 1
-        return head.eval()
-
-    @torch.no_grad()
-    def _scores(self, head: nn.Module, feats: torch.Tensor) -> torch.Tensor:
-        return head(self.embedding.noise(feats))
-
-    def fit(self, train: FaceData, *, column: str = "identity") -> TransferAttack:
-        cfg = self.config
-        y, self.classes = relabel(train.labels[column])
-        feats = clean_features(self.embedding, train, copies=cfg.copies, seed=cfg.seed)
-        # learning-rate choice on a per-identity validation split of the attacker's own images
-        gen = torch.Generator().manual_seed(cfg.seed + 1)
-        val = torch.zeros(len(y), dtype=torch.bool)
-        for c in range(len(self.classes)):
-            rows = torch.nonzero(y == c).flatten()
-            val[rows[torch.randperm(len(rows), generator=gen)[: cfg.val_per_identity]]] = True
-        choices = [(h, lr) for h in self._heads(tuple(feats.shape[2:])) for lr in cfg.lrs]
-        if len(choices) > 1:
-            for choice in choices:
-                head = self._train(feats[:, ~val], y[~val], len(self.classes), choice)
-                pred = self._scores(head, feats[0, val]).argmax(1)
-                self.scores[choice] = float((pred == y[val]).float().mean())
-            self.choice = max(self.scores, key=self.scores.get)
-        else:
-            self.choice = choices[0]
-        self.head = self._train(feats, y, len(self.classes), self.choice)
-        return self
+    head: str
+    lr: float
+    seed: int
 
     @property
-    def lr(self) -> float:
-        return self.choice[1]
-
-    def evaluate(self, test: FaceData, *, column: str = "identity", primary: str | None = None) -> AttackResult:
-        if self.head is None:
-            raise RuntimeError("call fit() before evaluate()")
-        lookup = {c: i for i, c in enumerate(self.classes)}
-        y = torch.tensor([lookup[int(v)] for v in test.labels[column]])
-        scores = self._scores(self.head, clean_features(self.embedding, test)[0])
-        return _identity_result(self.name, self.embedding_name, scores, y, test, primary,
-                                details={"config": asdict(self.config), "head": self.choice[0], "lr": self.lr,
-                                         "validation_top1": {f"{h}@{lr:g}": v for (h, lr), v in self.scores.items()}})
+    def key(self) -> str:
+        return f"{self.head}@{self.lr:g}#{self.seed}"
 
 
-class NearestNeighborAttack(Attack):
-    """1-nearest-neighbour identity attack on the (noisy, standardised) transmitted features."""
+def _top1(probs: Tensor, y: Tensor) -> float:
+    return float((probs.argmax(1) == y).double().mean())
 
-    name = "1-nn"
 
-    def __init__(self, embedding: nn.Module, *, embedding_name: str | None = None) -> None:
-        self.embedding = embedding.eval()
-        self.embedding_name = embedding_name or getattr(embedding, "kind", "embedding")
+@ATTACKS.register("transfer")
+class TransferAttack(IdentityAttack):
+    """Train fresh upper layers (every head, several restarts, their ensemble) on transmitted features."""
 
-    def fit(self, train: FaceData, *, column: str = "identity") -> NearestNeighborAttack:
-        with torch.no_grad():
-            feats = self.embedding.noise(clean_features(self.embedding, train)[0]).flatten(1)
-        self.mean, self.std = feats.mean(0), feats.std(0).clamp(min=1e-6)
-        self.bank = (feats - self.mean) / self.std
-        self.y, self.classes = relabel(train.labels[column])
+    name = "transfer"
+    profiles = frozenset({"full"})
+
+    def __init__(self, embedding: nn.Module, *, aux: FaceData | None = None, seed: int = 0,
+                 embedding_name: str | None = None, config: TransferConfig = TransferConfig()) -> None:
+        super().__init__(embedding, aux=aux, seed=seed + config.seed, embedding_name=embedding_name)
+        self.config = config
+        self.members: list[tuple[Member, nn.Module]] = []
+        self.validation: dict[str, float] = {}     # member key or candidate name -> validation top-1
+        self.chosen_lr: dict[str, float] = {}
+        self.choice = ""
+        self.fit_seconds = 0.0
+
+    # -- fitting ------------------------------------------------------------------------------------
+    def _split(self, y: Tensor) -> Tensor:
+        """Validation mask: ``val_per_identity`` photos of each identity, always leaving one to train on."""
+        gen = torch.Generator().manual_seed(self.seed + 1)
+        val = torch.zeros(len(y), dtype=torch.bool)
+        for c in torch.unique(y).tolist():
+            rows = torch.nonzero(y == c).flatten()
+            k = min(self.config.val_per_identity, len(rows) - 1)
+            val[rows[torch.randperm(len(rows), generator=gen)[:k]]] = True
+        return val
+
+    def _train(self, m: Member, feats: Tensor, y: Tensor, t: int) -> nn.Module:
+        cfg = self.config
+        head = build_head(m.head, self.embedding, tuple(feats.shape[2:]), t, seed=m.seed)
+        return train_head(head, feats, y, self.embedding.noise, epochs=cfg.epochs, lr=m.lr,
+                          batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, seed=m.seed)
+
+    @torch.no_grad()
+    def _probs(self, heads: list[nn.Module], x: Tensor) -> Tensor:
+        return torch.stack([h(x).softmax(1) for h in heads]).mean(0)
+
+    def _search(self, feats: Tensor, y: Tensor, t: int) -> dict[str, list[Member]]:
+        """Train every head on the training part, choose lrs and the candidate on validation; returns
+        the candidates (name -> members) after filling ``self.validation`` and ``self.choice``."""
+        cfg = self.config
+        val = self._split(y)
+        with torch.no_grad():  # each validation photo seen with several fresh noise draws, as sent
+            xv = torch.cat([self.embedding.noise(feats[0, val]) for _ in range(cfg.val_draws)])
+        yv = y[val].repeat(cfg.val_draws)
+        tr_feats, tr_y = feats[:, ~val], y[~val]
+        members: dict[str, list[Member]] = {}
+        probs: dict[str, Tensor] = {}
+
+        def run(m: Member) -> Tensor:
+            p = self._probs([self._train(m, tr_feats, tr_y, t)], xv)
+            self.validation[m.key] = _top1(p, yv)
+            return p
+
+        for kind in head_kinds(cfg.head, tuple(feats.shape[2:])):
+            first = {lr: run(Member(kind, lr, self.seed)) for lr in cfg.lrs}
+            lr = max(cfg.lrs, key=lambda v: self.validation[Member(kind, v, self.seed).key])
+            self.chosen_lr[kind] = lr
+            members[kind] = [Member(kind, lr, self.seed + r) for r in range(cfg.restarts)]
+            probs[kind] = torch.stack([first[lr]] + [run(m) for m in members[kind][1:]]).mean(0)
+        candidates = dict(members)
+        if len(members) > 1:
+            candidates = {"ensemble": [m for ms in members.values() for m in ms], **members}
+            probs["ensemble"] = torch.stack([probs[k] for k in members]).mean(0)
+        for name in candidates:
+            self.validation[name] = _top1(probs[name], yv)
+        self.choice = max(candidates, key=lambda k: self.validation[k])  # first on ties: the ensemble
+        return candidates
+
+    def fit(self, train: FaceData, *, column: str = "identity") -> Self:
+        """Choose and train the heads on the enrolment photos ``train`` (see the module docstring)."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        y, self.classes = relabel(train.labels[column])
+        if int(torch.bincount(y).min()) < 2:
+            raise ValueError("the transfer attack needs >= 2 enrolment photos per identity (one to validate on)")
+        feats = clean_features(self.embedding, train, copies=cfg.copies, seed=self.seed)
+        self.validation, self.chosen_lr = {}, {}
+        chosen = self._search(feats, y, len(self.classes))[self.choice]
+        self.members = [(m, self._train(m, feats, y, len(self.classes))) for m in chosen]
+        self.fit_seconds = time.perf_counter() - t0
         return self
 
-    def evaluate(self, test: FaceData, *, column: str = "identity", primary: str | None = None) -> AttackResult:
-        with torch.no_grad():
-            q = (self.embedding.noise(clean_features(self.embedding, test)[0]).flatten(1) - self.mean) / self.std
-        d = torch.cdist(q, self.bank)
-        # score of an identity = minus the distance to its nearest stored image
-        scores = torch.full((len(q), len(self.classes)), float("inf"))
-        scores = scores.scatter_reduce(1, self.y.expand(len(q), -1), d, reduce="amin")
-        lookup = {c: i for i, c in enumerate(self.classes)}
-        y = torch.tensor([lookup[int(v)] for v in test.labels[column]])
-        return _identity_result(self.name, self.embedding_name, -scores, y, test, primary)
+    # -- scoring ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, received: Tensor, *, repeats: int = 1) -> Tensor:
+        """Log of the members' mean softmax probability per identity ``(N, T)``."""
+        if not self.members:
+            raise RuntimeError("call fit() before score() on the transfer attack")
+        return self._probs([h for _, h in self.members], received).clamp_min(1e-12).log()
 
+    @property
+    def lr(self) -> float | dict[str, float]:
+        """The chosen learning rate (one head) or per head (ensemble)."""
+        heads = sorted({m.head for m, _ in self.members})
+        return self.chosen_lr[heads[0]] if len(heads) == 1 else {h: self.chosen_lr[h] for h in heads}
 
-def _identity_result(attack: str, embedding: str, scores: torch.Tensor, y: torch.Tensor, test: FaceData,
-                     primary: str | None, details: dict | None = None) -> AttackResult:
-    t, n = scores.shape[1], len(y)
-    figures = {"top1": Figure.proportion(topk_hits(scores, y, 1), n),
-               "top5": Figure.proportion(topk_hits(scores, y, 5), n)}
-    refs = {"chance_top1": 1 / t, "chance_top5": min(5, t) / t, "identities": t}
-    if primary is not None:
-        refs["primary_floor_top1"] = primary_label_floor(y, test.labels[primary], k=1)
-        refs["primary_floor_top5"] = primary_label_floor(y, test.labels[primary], k=5)
-    return AttackResult(attack, embedding, figures, refs, details or {})
+    @property
+    def details(self) -> dict:
+        return {"config": asdict(self.config), "head": self.choice, "lr": self.lr,
+                "members": [m.key for m, _ in self.members], "validation_top1": dict(self.validation),
+                "combine": "mean of softmax probabilities", "fit_seconds": self.fit_seconds}
+
+    def evaluate(self, test: FaceData, *, column: str = "identity", primary: str | None = None,
+                 repeats: int = 1) -> AttackResult:
+        result = super().evaluate(test, column=column, primary=primary, repeats=repeats)
+        result.details.update(self.details)
+        return result
