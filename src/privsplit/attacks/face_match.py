@@ -23,14 +23,14 @@ enrolment alignment; ``fallback="full"`` uses the whole upscaled frame. ``detect
 detector and uses the fixed rectangle for every image (identical treatment of originals and
 reconstructions). The detection rate is reported with every result.
 
-dlib and the model files are loaded lazily; :func:`dlib_available` says whether they can be. The
-model files are found in the ``face_recognition_models`` package *without importing it* (its
-``__init__`` needs ``pkg_resources``, which recent setuptools no longer ship).
+dlib and the model files are loaded lazily by :mod:`privsplit.data.dlib_models` (the package's one
+dlib loader); :func:`dlib_available` says whether they can be. When dlib was the teacher of the
+model's backbone (``privsplit pretrain --method distill``), this check is *not* independent of the
+model: the model was trained to reproduce these very descriptors.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,35 +40,10 @@ import torch
 from torch import Tensor
 
 from privsplit.attacks.base import Figure
+from privsplit.data.dlib_models import (dlib_available, dlib_model_dir, face_detector, face_recognizer,
+                                         require_dlib, shape_predictor)
 
 __all__ = ["FaceMatcher", "dlib_available", "dlib_model_dir"]
-
-_LANDMARKS = "shape_predictor_5_face_landmarks.dat"
-_RECOGNIZER = "dlib_face_recognition_resnet_model_v1.dat"
-
-
-def dlib_model_dir() -> Path | None:
-    """Folder with dlib's model files from the ``face_recognition_models`` package, or ``None``."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for loc in spec.submodule_search_locations:
-        folder = Path(loc) / "models"
-        if (folder / _LANDMARKS).exists() and (folder / _RECOGNIZER).exists():
-            return folder
-    return None
-
-
-def dlib_available() -> bool:
-    """True when ``dlib`` imports and the ``face_recognition_models`` files are present."""
-    if importlib.util.find_spec("dlib") is None or dlib_model_dir() is None:
-        return False
-    try:
-        import dlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
 
 def _to_uint8_hwc(images: Tensor) -> np.ndarray:
     """N x 3 x H x W (uint8, or float in [0, 1]) -> N x H x W x 3 uint8."""
@@ -101,17 +76,12 @@ class FaceMatcher:
                  jitters: int = 1) -> None:
         if fallback not in ("calibrated", "full"):
             raise ValueError(f"fallback='{fallback}' unknown; use 'calibrated' or 'full'")
-        folder = dlib_model_dir()
-        if folder is None:
-            raise ImportError("the identity check needs dlib and its models: pip install 'privsplit[attacks]' "
-                              "(dlib-bin, face_recognition_models)")
-        import dlib
-
+        dlib, _ = require_dlib()
         self._dlib = dlib
         self.upsample, self.detect, self.fallback, self.jitters = int(upsample), detect, fallback, int(jitters)
-        self.detector = dlib.get_frontal_face_detector() if detect else None
-        self.landmarks = dlib.shape_predictor(str(folder / _LANDMARKS))
-        self.recognizer = dlib.face_recognition_model_v1(str(folder / _RECOGNIZER))
+        self.detector = face_detector() if detect else None
+        self.landmarks = shape_predictor()
+        self.recognizer = face_recognizer()
         self.box: tuple[float, float, float, float] | None = None  # fixed rectangle, fractions of the side
         self._enrolled: dict[str, tuple[Descriptors, tuple[float, float, float, float] | None]] = {}
 
