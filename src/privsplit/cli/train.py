@@ -35,6 +35,8 @@ def train(
     skip_bad: bool = typer.Option(False, help="Skip unreadable images (reported) instead of failing."),
     resume: bool = typer.Option(False, help="Continue from the run folder's last checkpoint."),
     threads: int = typer.Option(0, help="Torch CPU threads (0 = all cores)."),
+    init: Path = typer.Option(None, "--init", help="Fine-tune from this backbone (`privsplit pretrain`) instead of "
+                              "training from scratch (the paper's path); architecture and size come from it."),
 ) -> None:
     """Train the primary model (e.g. gender) and report accuracy on held-out identities."""
     if threads:
@@ -43,7 +45,8 @@ def train(
         dataset, why = default_dataset()
         console.print(f"[cyan]{why}[/]")
     spec = RunSpec(dataset=dataset, data_root=data_root, primary=primary, arch=arch, width=width, size=size,
-                   attack_min_images=attack_min_images, attack_count=attack_count, skip_bad=skip_bad, train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                   attack_min_images=attack_min_images, attack_count=attack_count, skip_bad=skip_bad,
+                   init=str(init) if init else None, train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                                                         class_weight=class_weight))
     result = run_training(spec, out, resume=resume)
     show_run(result.metrics, result.folder)
