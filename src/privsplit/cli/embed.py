@@ -46,7 +46,7 @@ def embed(
     out = out or run / "bundles" / f"{kind}-{layer}"
     info = {"run": str(run), "metrics": rows, "dim": dim or PAPER_DIMS.get(layer, 8) if emb.reduction_config else None}
     client, server = save_bundles(emb, out, config=art.config, preprocess=art.preprocess, classes=art.classes,
-                                  primary=art.primary, info=info)
+                                  primary=art.primary, info=info, backbone=art.manifest.get("backbone"))
     label = art.manifest["dataset"]["label"]
     console.print(report_table(f"{kind} embedding at {layer}: {art.primary} on {label} (client -> server)", rows))
     console.print(f"sends {list(emb.transmitted_shape(art.preprocess.size))} floats per image; "

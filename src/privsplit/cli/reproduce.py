@@ -19,9 +19,11 @@ def reproduce(
     quick: bool = typer.Option(False, help="Fewer layers, epochs and noise levels."),
     config: Path = typer.Option(None, help="TOML config (default: the shipped defaults.toml)."),
     stop_after: str = typer.Option(None, help="Stop after this stage (resume later)."),
+    backbone: str = typer.Option(None, help="identity (fine-tune a dlib-distilled backbone, the paper's path) | "
+                                 "scratch; default: the config's `backbone`."),
 ) -> None:
     """Train, build every embedding, run every attack and write OUT/report.md + report.html."""
     from privsplit.report.pipeline import reproduce as run
 
-    report = run(dataset, out, quick=quick, config=config, stop_after=stop_after)
+    report = run(dataset, out, quick=quick, config=config, stop_after=stop_after, backbone=backbone)
     console.print(f"report: {report}")
