@@ -49,7 +49,10 @@ def pretrain(
                               weights=str(weights) if weights else None, bgr=bgr,
                               train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, class_weight="none"))
     folder = run(method, spec, out, options=options, resume=resume)
-    _show(folder)
+    from privsplit.train import distributed as ddp
+
+    if ddp.is_main():  # under torchrun only rank 0 wrote the backbone
+        _show(folder)
 
 
 def _show(folder: Path) -> None:

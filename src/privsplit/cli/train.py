@@ -49,7 +49,10 @@ def train(
                    init=str(init) if init else None, train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                                                         class_weight=class_weight))
     result = run_training(spec, out, resume=resume)
-    show_run(result.metrics, result.folder)
+    from privsplit.train import distributed as ddp
+
+    if ddp.is_main():  # under torchrun the other processes have nothing to show (rank 0 wrote the run)
+        show_run(result.metrics, result.folder)
 
 
 def show_run(metrics: dict, folder: Path) -> None:
