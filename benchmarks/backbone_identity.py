@@ -74,6 +74,8 @@ def main() -> None:
     ap.add_argument("--scratch", default="/work/main/runs/lfw-gender", help="from-scratch gender run (read only)")
     ap.add_argument("--distill-epochs", type=int, default=10)
     ap.add_argument("--aux-images", type=int, default=None, help="distil on this many primary-training images")
+    ap.add_argument("--no-center", action="store_true", help="cosine loss on raw (uncentred) descriptors")
+    ap.add_argument("--transfer-layers", default=",".join(LAYERS))
     ap.add_argument("--finetune-epochs", type=int, default=2)
     ap.add_argument("--finetune-lr", type=float, default=5e-4)
     ap.add_argument("--transfer-epochs", type=int, default=40)
@@ -95,7 +97,7 @@ def main() -> None:
     backbone = out / "backbone-dlib"
     if not (backbone / "model.json").exists():
         pretrain_distill(spec, backbone, config=TrainConfig(epochs=args.distill_epochs, lr=2e-3, class_weight="none"),
-                         prepared=p, resume=True, max_images=args.aux_images)
+                         prepared=p, resume=True, max_images=args.aux_images, center=not args.no_center)
     res["backbone"] = {"seconds": time.perf_counter() - t0,
                        **{k: v for k, v in load_model(backbone).manifest["backbone"].items() if k != "history"}}
     save()
@@ -115,6 +117,8 @@ def main() -> None:
                        "gender_floor": primary_label_floor(groups, query.labels["gender"], k=1)}
     for name, model in models.items():
         r = res.setdefault(name, {})
+        if all("1-nn (L2-normalised)" in r.get(layer, {}) for layer in LAYERS):
+            continue  # measured in an earlier (resumed) run
         r["gender_test_people"] = evaluate(model, p.test, column="gender").to_dict()
         r["gender_attack_people"] = evaluate(model, p.attack, column="gender").to_dict()
         for layer in LAYERS:
@@ -124,7 +128,7 @@ def main() -> None:
     cfg = TransferConfig(head="auto", epochs=args.transfer_epochs,
                          lrs=tuple(float(v) for v in args.transfer_lrs.split(",")))
     res["transfer_config"] = {"head": cfg.head, "epochs": cfg.epochs, "lrs": cfg.lrs, "copies": cfg.copies}
-    for layer in reversed(LAYERS):  # conv5_3 first: the acceptance layer
+    for layer in reversed(args.transfer_layers.split(",")):  # conv5_3 first: the acceptance layer
         for name, model in models.items():
             t0 = time.perf_counter()
             hits, info = transfer_attack(simple(model, layer), enrol, query, cfg)

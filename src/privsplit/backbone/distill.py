@@ -55,7 +55,7 @@ def with_row_labels(data: FaceData) -> FaceData:
                     data.manifest, data.preprocess, data.skipped)
 
 
-def distill(train: FaceData, targets: Tensor, *, arch: str = "vgg16", width: float = 0.25,
+def distill(train: FaceData, targets: Tensor, *, arch: str = "vgg16", width: float = 0.25, center: bool = True,
             batch_norm: bool = True, config: TrainConfig = TrainConfig(epochs=10, lr=1e-3, class_weight="none"),
             checkpoint: str | Path | None = None, resume: bool = False,
             progress: bool = True) -> tuple[nn.Sequential, VGGConfig, TrainResult]:
@@ -67,7 +67,7 @@ def distill(train: FaceData, targets: Tensor, *, arch: str = "vgg16", width: flo
     torch.manual_seed(config.seed)
     model = build_model(cfg)
     result = train_classifier(model, with_row_labels(train), column=ROW, config=config,
-                              loss_fn=cosine_distill_loss(targets), checkpoint=checkpoint, resume=resume,
+                              loss_fn=cosine_distill_loss(targets, center=center), checkpoint=checkpoint, resume=resume,
                               progress=progress)
     return model, cfg, result
 

@@ -67,17 +67,17 @@ def _aux_subset(p: PreparedData, max_images: int | None, seed: int) -> Any:
     return p.train.subset(torch.randperm(len(p.train), generator=gen)[:max_images].sort().values)
 
 
-def _dataset_record(spec: RunSpec, p: PreparedData, rows_used: int) -> dict[str, Any]:
+def _dataset_record(spec: RunSpec, p: PreparedData, used: Any) -> dict[str, Any]:
     m = p.data.manifest
-    return {"name": m.name, "label": m.label, "fingerprint": m.fingerprint(), "rows_used": rows_used,
-            "identities_used": len(p.splits.identities["train"]), "split_seed": spec.train.seed,
+    return {"name": m.name, "label": m.label, "fingerprint": m.fingerprint(), "rows_used": len(used),
+            "identities_used": len(set(used.labels[spec.sensitive].tolist())), "split_seed": spec.train.seed,
             "excluded": "attack and test identities of the identity-disjoint split"}
 
 
 def pretrain_distill(spec: RunSpec, out: str | Path, *, teacher: Teacher | str = "dlib",
                      config: TrainConfig = TrainConfig(epochs=10, lr=2e-3, class_weight="none"),
                      prepared: PreparedData | None = None, resume: bool = False, progress: bool = True,
-                     agreement_sample: int = 256, max_images: int | None = None) -> Path:
+                     agreement_sample: int = 256, max_images: int | None = None, center: bool = True) -> Path:
     """Distil ``teacher`` into ``spec``'s architecture on the primary training split; write the artifact.
 
     ``max_images`` distils on a seeded random subset of the split (the teacher costs ~80 ms per image
@@ -94,15 +94,15 @@ def pretrain_distill(spec: RunSpec, out: str | Path, *, teacher: Teacher | str =
     t_teacher = time.perf_counter() - t0
 
     out = Path(out)
-    model, cfg, result = distill(aux, targets, arch=spec.arch or "vgg16", width=spec.width, config=config,
+    model, cfg, result = distill(aux, targets, arch=spec.arch or "vgg16", width=spec.width, config=config, center=center,
                                  checkpoint=out / "checkpoint" / "last", resume=resume, progress=progress)
-    mean = targets.float().mean(0)  # the loss is on centred descriptors (see cosine_distill_loss)
+    mean = targets.float().mean(0) if center else None  # see cosine_distill_loss
     agree = {"train": descriptor_agreement(model, aux, targets, mean=mean)}
     if len(p.test) and ddp.is_main():  # unseen people: does the student generalise? (a sample: the teacher is slow)
         sample = p.test.subset(range(min(len(p.test), agreement_sample)))
         agree["test_people_sample"] = descriptor_agreement(model, sample, teacher_descriptors(
             teacher, sample.images, progress=progress), mean=mean)
-    backbone = {"method": "distill", **teacher.provenance(), "dim": teacher.dim, "centred_targets": True, "dataset": _dataset_record(spec, p, len(aux)),
+    backbone = {"method": "distill", **teacher.provenance(), "dim": teacher.dim, "centred_targets": center, "dataset": _dataset_record(spec, p, aux),
                 "train": asdict(config), "teacher_seconds": t_teacher, "train_seconds": result.seconds,
                 "cosine_agreement": agree, "history": result.history}
     if not ddp.is_main():
@@ -132,7 +132,7 @@ def pretrain_margin(spec: RunSpec, out: str | Path, *, options: PretrainOptions 
     model, cfg, result = train_identity(p.train, column=spec.sensitive, kind=options.kind, dim=options.dim,
                                         arch=spec.arch or "vgg16", width=spec.width, config=options.train,
                                         checkpoint=out / "checkpoint" / "last", resume=resume, progress=progress)
-    backbone = {"method": "margin", "loss": options.kind, "dim": options.dim, "dataset": _dataset_record(spec, p, len(p.train)),
+    backbone = {"method": "margin", "loss": options.kind, "dim": options.dim, "dataset": _dataset_record(spec, p, p.train),
                 "identities": len(set(p.train.labels[spec.sensitive].tolist())), "train": asdict(options.train),
                 "train_seconds": result.seconds, "history": result.history}
     if not ddp.is_main():
