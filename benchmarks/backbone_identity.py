@@ -76,6 +76,7 @@ def main() -> None:
     ap.add_argument("--aux-images", type=int, default=None, help="distil on this many primary-training images")
     ap.add_argument("--no-center", action="store_true", help="cosine loss on raw (uncentred) descriptors")
     ap.add_argument("--transfer-layers", default=",".join(LAYERS))
+    ap.add_argument("--transfer-models", default="distilled,scratch", help="which models get the transfer attack")
     ap.add_argument("--finetune-epochs", type=int, default=2)
     ap.add_argument("--finetune-lr", type=float, default=5e-4)
     ap.add_argument("--transfer-epochs", type=int, default=40)
@@ -130,6 +131,8 @@ def main() -> None:
     res["transfer_config"] = {"head": cfg.head, "epochs": cfg.epochs, "lrs": cfg.lrs, "copies": cfg.copies}
     for layer in reversed(args.transfer_layers.split(",")):  # conv5_3 first: the acceptance layer
         for name, model in models.items():
+            if name.split(" ")[0] not in args.transfer_models.split(",") or "transfer (auto)" in res[name][layer]:
+                continue
             t0 = time.perf_counter()
             hits, info = transfer_attack(simple(model, layer), enrol, query, cfg)
             res[name][layer]["transfer (auto)"] = {**figure(hits, groups), **info, "seconds": time.perf_counter() - t0}

@@ -160,7 +160,7 @@ def test_distill_reproduces_targets_and_init_copies_layers(tmp_path, one_thread)
     per_id = torch.randn(8, 6, generator=gen) + 3.0  # a shared offset, like dlib's descriptors
     targets = per_id[faces.labels["identity"]]
     before = build_model(VGGConfig(num_classes=6, width=0.125, input_size=32))
-    model, cfg, res = distill(faces, targets, width=0.125, progress=False,
+    model, cfg, res = distill(faces, targets, width=0.125, progress=False, center=True,
                               config=TrainConfig(epochs=20, batch_size=8, lr=2e-3, class_weight="none", augment=False))
     mean = targets.mean(0)
     agree, base = descriptor_agreement(model, faces, targets, mean=mean), descriptor_agreement(before, faces, targets,

@@ -77,7 +77,7 @@ def _dataset_record(spec: RunSpec, p: PreparedData, used: Any) -> dict[str, Any]
 def pretrain_distill(spec: RunSpec, out: str | Path, *, teacher: Teacher | str = "dlib",
                      config: TrainConfig = TrainConfig(epochs=10, lr=2e-3, class_weight="none"),
                      prepared: PreparedData | None = None, resume: bool = False, progress: bool = True,
-                     agreement_sample: int = 256, max_images: int | None = None, center: bool = True) -> Path:
+                     agreement_sample: int = 256, max_images: int | None = None, center: bool = False) -> Path:
     """Distil ``teacher`` into ``spec``'s architecture on the primary training split; write the artifact.
 
     ``max_images`` distils on a seeded random subset of the split (the teacher costs ~80 ms per image

@@ -34,8 +34,8 @@ def _from_backbone(ctx: Context, spec: Any) -> Any:
         pretrain_distill(spec, folder, max_images=c.get("backbone_images"), resume=True,
                          config=TrainConfig(epochs=c.get("backbone_epochs", 10), lr=2e-3, class_weight="none",
                                             seed=c["seed"]))
-    return replace(spec, init=str(folder), train=TrainConfig(epochs=c.get("finetune_epochs", 2),
-                                                             lr=c.get("finetune_lr", 5e-4), seed=c["seed"]))
+    return replace(spec, init=str(folder), train=TrainConfig(epochs=c.get("finetune_epochs", 1),
+                                                             lr=c.get("finetune_lr", 2e-3), seed=c["seed"]))
 
 
 def _siamese_cfg(c: dict[str, Any]) -> Any:
