@@ -68,6 +68,24 @@ def transfer_attack(emb, enrol, query, cfg: TransferConfig) -> tuple[torch.Tenso
     return (pred == query.labels["identity"]).long(), {"head": att.choice[0], "lr": att.choice[1]}
 
 
+def table(res: dict) -> str:
+    """Markdown table of a results.json: gender accuracy, then top-1 [95% CI] per attack and layer."""
+    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+    lines = [f"62 people, {res['protocol']['enrol']} enrolment / {res['protocol']['queries']} query photos; "
+             f"chance {pct(res['protocol']['chance'])}, gender floor {pct(res['protocol']['gender_floor'])}", "",
+             "| model | gender acc. (held-out people / attack people) | attack | " + " | ".join(LAYERS) + " |",
+             "|---|---|---|" + "---|" * len(LAYERS)]
+    for name, r in res.items():
+        if not isinstance(r, dict) or "gender_test_people" not in r:
+            continue
+        g = f"{pct(r['gender_test_people']['accuracy'])} / {pct(r['gender_attack_people']['accuracy'])}"
+        for attack in ("1-nn (L2-normalised)", "transfer (auto)"):
+            cells = [f"{pct(r[l][attack]['top1'])} [{pct(r[l][attack]['ci95'][0])}, {pct(r[l][attack]['ci95'][1])}]"
+                     if attack in r.get(l, {}) else "not run" for l in LAYERS]
+            lines.append(f"| {name} | {g} | {attack} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs/backbone-bench")
@@ -82,7 +100,11 @@ def main() -> None:
     ap.add_argument("--transfer-epochs", type=int, default=40)
     ap.add_argument("--transfer-lrs", default="3e-4,1e-3,3e-3")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--table", action="store_true", help="print the markdown table of OUT/results.json and exit")
     args = ap.parse_args()
+    if args.table:
+        print(table(json.loads((Path(args.out) / "results.json").read_text())))
+        return
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
