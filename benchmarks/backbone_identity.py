@@ -92,7 +92,8 @@ def main() -> None:
     ap.add_argument("--scratch", default="/work/main/runs/lfw-gender", help="from-scratch gender run (read only)")
     ap.add_argument("--distill-epochs", type=int, default=10)
     ap.add_argument("--aux-images", type=int, default=None, help="distil on this many primary-training images")
-    ap.add_argument("--no-center", action="store_true", help="cosine loss on raw (uncentred) descriptors")
+    ap.add_argument("--center", action="store_true", help="cosine loss on centred descriptors (did badly)")
+    ap.add_argument("--no-center", action="store_true", help="raw descriptors (the default; kept for old commands)")
     ap.add_argument("--transfer-layers", default=",".join(LAYERS))
     ap.add_argument("--transfer-models", default="distilled,scratch", help="which models get the transfer attack")
     ap.add_argument("--finetune-epochs", type=int, default=2)
@@ -120,7 +121,7 @@ def main() -> None:
     backbone = out / "backbone-dlib"
     if not (backbone / "model.json").exists():
         pretrain_distill(spec, backbone, config=TrainConfig(epochs=args.distill_epochs, lr=2e-3, class_weight="none"),
-                         prepared=p, resume=True, max_images=args.aux_images, center=not args.no_center)
+                         prepared=p, resume=True, max_images=args.aux_images, center=args.center and not args.no_center)
     res["backbone"] = {"seconds": time.perf_counter() - t0,
                        **{k: v for k, v in load_model(backbone).manifest["backbone"].items() if k != "history"}}
     save()
