@@ -23,9 +23,10 @@ enrolment alignment; ``fallback="full"`` uses the whole upscaled frame. ``detect
 detector and uses the fixed rectangle for every image (identical treatment of originals and
 reconstructions). The detection rate is reported with every result.
 
-dlib and the model files are loaded lazily; :func:`dlib_available` says whether they can be. The
-model files are found in the ``face_recognition_models`` package *without importing it* (its
-``__init__`` needs ``pkg_resources``, which recent setuptools no longer ship).
+dlib and the model files are loaded lazily by :mod:`privsplit.data.dlib_models` (the package's one
+dlib loader); :func:`dlib_available` says whether they can be. When dlib was the teacher of the
+model's backbone (``privsplit pretrain --method distill``), this check is *not* independent of the
+model: the model was trained to reproduce these very descriptors.
 """
 from __future__ import annotations
 

@@ -67,7 +67,7 @@ def demo(
                                   tuned=tuned, progress=False) for kind in ("simple", "advanced")}
     client_dir, server_dir = save_bundles(embs["advanced"], out / "bundles" / f"advanced-{layer}", config=art.config,
                                           preprocess=art.preprocess, classes=art.classes, primary=art.primary,
-                                          info={"run": str(out)})
+                                          info={"run": str(out)}, backbone=art.manifest.get("backbone"))
 
     console.rule("3/4 device client -> OIP v2 analyzer service (loopback)")
     picks = [round(i * (len(p.test) - 1) / 7) for i in range(8)]  # spread over different people

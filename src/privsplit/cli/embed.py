@@ -43,10 +43,14 @@ def embed(
     rows = {"test (held-out identities)": evaluate(emb, p.test, column=art.primary).to_dict()}
     if len(p.attack):
         rows["attack identities"] = evaluate(emb, p.attack, column=art.primary).to_dict()
+    from privsplit.train import distributed as ddp
+
+    if not ddp.is_main():  # under torchrun (Siamese fine-tuning on N processes) only rank 0 writes
+        return
     out = out or run / "bundles" / f"{kind}-{layer}"
     info = {"run": str(run), "metrics": rows, "dim": dim or PAPER_DIMS.get(layer, 8) if emb.reduction_config else None}
     client, server = save_bundles(emb, out, config=art.config, preprocess=art.preprocess, classes=art.classes,
-                                  primary=art.primary, info=info)
+                                  primary=art.primary, info=info, backbone=art.manifest.get("backbone"))
     label = art.manifest["dataset"]["label"]
     console.print(report_table(f"{kind} embedding at {layer}: {art.primary} on {label} (client -> server)", rows))
     console.print(f"sends {list(emb.transmitted_shape(art.preprocess.size))} floats per image; "

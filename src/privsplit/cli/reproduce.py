@@ -21,9 +21,11 @@ def reproduce(
     stop_after: str = typer.Option(None, help="Stop after this stage (resume later)."),
     align: str = typer.Option("none", help="none (centre crop) | dlib-hog: train on detected + aligned faces "
                                            "(photos that are not pre-aligned); recorded in the run and bundles."),
+    backbone: str = typer.Option(None, help="identity (fine-tune a dlib-distilled backbone, the paper's path) | "
+                                 "scratch; default: the config's `backbone`."),
 ) -> None:
     """Train, build every embedding, run every attack and write OUT/report.md + report.html."""
     from privsplit.report.pipeline import reproduce as run
 
-    report = run(dataset, out, quick=quick, config=config, stop_after=stop_after, align=align)
+    report = run(dataset, out, quick=quick, config=config, stop_after=stop_after, align=align, backbone=backbone)
     console.print(f"report: {report}")

@@ -38,6 +38,8 @@ def train(
                                            "skipped); recorded in the run and the client bundle."),
     resume: bool = typer.Option(False, help="Continue from the run folder's last checkpoint."),
     threads: int = typer.Option(0, help="Torch CPU threads (0 = all cores)."),
+    init: Path = typer.Option(None, "--init", help="Fine-tune from this backbone (`privsplit pretrain`) instead of "
+                              "training from scratch (the paper's path); architecture and size come from it."),
 ) -> None:
     """Train the primary model (e.g. gender) and report accuracy on held-out identities."""
     if threads:
@@ -46,10 +48,14 @@ def train(
         dataset, why = default_dataset()
         console.print(f"[cyan]{why}[/]")
     spec = RunSpec(dataset=dataset, data_root=data_root, primary=primary, arch=arch, width=width, size=size,
-                   attack_min_images=attack_min_images, attack_count=attack_count, skip_bad=skip_bad, align=align, train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                   attack_min_images=attack_min_images, attack_count=attack_count, skip_bad=skip_bad, align=align,
+                   init=str(init) if init else None, train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                                                         class_weight=class_weight))
     result = run_training(spec, out, resume=resume)
-    show_run(result.metrics, result.folder)
+    from privsplit.train import distributed as ddp
+
+    if ddp.is_main():  # under torchrun the other processes have nothing to show (rank 0 wrote the run)
+        show_run(result.metrics, result.folder)
 
 
 def show_run(metrics: dict, folder: Path) -> None:

@@ -1,28 +1,40 @@
-"""The one dlib loader of the package: face detector, 5-point landmarks and the 128-d recognizer.
+"""The one place privsplit finds and loads dlib's face models (optional ``attacks`` extra).
 
-dlib (``dlib-bin``) and its model files (``face_recognition_models``) are an optional extra
-(``pip install 'privsplit[attacks]'``). They are used on the device (face detection + alignment), by the
-attacks (an independent face recognizer) and as a distillation teacher, so the loader lives here, in a
-module the device client may import: it imports nothing of privsplit and loads dlib lazily.
+Used by the reconstruction attack's identity check (:mod:`privsplit.attacks.face_match`), by the
+distillation teacher (:mod:`privsplit.backbone.teachers`) and, being free of training/attack code,
+by the device when it needs a detector/aligner.
 
-The model files are found in the ``face_recognition_models`` package *without importing it* (its
-``__init__`` needs ``pkg_resources``, which recent setuptools no longer ship). Loaded models are cached
-per process (loading the recognizer takes ~0.3 s).
+The model files come from the ``face_recognition_models`` package, found *without importing it* (its
+``__init__`` needs ``pkg_resources``, which recent setuptools no longer ship). Everything is loaded
+lazily and once per process (dlib models are read-only after loading, so sharing them is safe).
+
+About the recognizer's training data (matters when LFW people are the attack targets): dlib's model
+card (github.com/davisking/dlib-models, README, ``dlib_face_recognition_resnet_model_v1``) says it
+was "trained from scratch on a dataset of about 3 million faces" derived from the face scrub dataset,
+the VGG dataset and "a large number of images I scraped from the internet", with 7485 identities, and
+"I made sure to avoid overlap with identities in LFW"; it reports 99.38% on the LFW benchmark. So
+the 62 LFW target people are, per its author, not among its training identities (a claim we cannot
+check).
 """
 from __future__ import annotations
 
-import functools
 import importlib.util
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LANDMARKS_FILE", "RECOGNIZER_FILE", "dlib_model_dir", "dlib_available", "require_dlib",
-           "face_detector", "shape_predictor", "face_recognizer"]
+__all__ = ["LANDMARKS_5", "RECOGNIZER", "dlib_model_dir", "dlib_available", "require_dlib", "face_detector",
+           "shape_predictor", "face_recognizer", "DLIB_TRAINING_DATA"]
 
-LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
-RECOGNIZER_FILE = "dlib_face_recognition_resnet_model_v1.dat"
-_MISSING = ("dlib and its model files are needed here: pip install 'privsplit[attacks]' "
-            "(dlib-bin, face_recognition_models)")
+LANDMARKS_5 = "shape_predictor_5_face_landmarks.dat"
+RECOGNIZER = "dlib_face_recognition_resnet_model_v1.dat"
+
+#: what dlib's documentation says about the recognizer's training data (quoted in docs and outputs)
+DLIB_TRAINING_DATA = ("dlib's recognizer was trained on ~3M faces of 7,485 people (face scrub, VGG dataset, web "
+                      "scrapes); its model card says: 'I made sure to avoid overlap with identities in LFW'")
+
+_MISSING = ("dlib and its face models are needed: pip install 'privsplit[attacks]' "
+            "(installs dlib-bin and face_recognition_models)")
 
 
 def dlib_model_dir() -> Path | None:
@@ -32,7 +44,7 @@ def dlib_model_dir() -> Path | None:
         return None
     for loc in spec.submodule_search_locations:
         folder = Path(loc) / "models"
-        if (folder / LANDMARKS_FILE).exists() and (folder / RECOGNIZER_FILE).exists():
+        if (folder / LANDMARKS_5).exists() and (folder / RECOGNIZER).exists():
             return folder
     return None
 
@@ -49,31 +61,30 @@ def dlib_available() -> bool:
 
 
 def require_dlib() -> tuple[Any, Path]:
-    """The ``dlib`` module and the model folder; ``ImportError`` naming the extra when either is missing."""
+    """``(dlib module, model folder)``; raises ImportError naming the ``attacks`` extra when missing."""
     folder = dlib_model_dir()
-    if folder is None or importlib.util.find_spec("dlib") is None:
+    if folder is None or not dlib_available():
         raise ImportError(_MISSING)
     import dlib
 
     return dlib, folder
 
 
-@functools.lru_cache(maxsize=1)
+@lru_cache(maxsize=1)
 def face_detector() -> Any:
-    """dlib's HOG frontal face detector (needs faces of ~80 px and up)."""
-    dlib, _ = require_dlib()
-    return dlib.get_frontal_face_detector()
+    """dlib's HOG frontal face detector."""
+    return require_dlib()[0].get_frontal_face_detector()
 
 
-@functools.lru_cache(maxsize=1)
+@lru_cache(maxsize=1)
 def shape_predictor() -> Any:
-    """dlib's 5-point landmark model (eye corners and the base of the nose)."""
+    """dlib's 5-point landmark predictor (eyes' corners and nose), what the recognizer aligns with."""
     dlib, folder = require_dlib()
-    return dlib.shape_predictor(str(folder / LANDMARKS_FILE))
+    return dlib.shape_predictor(str(folder / LANDMARKS_5))
 
 
-@functools.lru_cache(maxsize=1)
+@lru_cache(maxsize=1)
 def face_recognizer() -> Any:
     """dlib's ResNet face recognizer (128-d descriptors, Euclidean threshold 0.6)."""
     dlib, folder = require_dlib()
-    return dlib.face_recognition_model_v1(str(folder / RECOGNIZER_FILE))
+    return dlib.face_recognition_model_v1(str(folder / RECOGNIZER))

@@ -32,6 +32,7 @@ from privsplit.defenses.embedding import Embedding, embedding_kind
 from privsplit.defenses.noise import GaussianNoise
 from privsplit.defenses.reduction import fit_reduction
 from privsplit.models.split import split
+from privsplit.train import distributed as ddp
 from privsplit.train.artifacts import ModelArtifact, load_model, save_model
 from privsplit.train.loops import LossFn, TrainConfig, class_weights, predict, train_classifier
 from privsplit.train.losses import SiameseObjective
@@ -86,6 +87,8 @@ def cached_siamese(run: str | Path, art: ModelArtifact, train: FaceData, *, laye
     if (folder / "model.json").exists():
         return load_model(folder).model
     tuned = siamese_finetune(art.model, train, column=art.primary, layer=layer, config=cfg, progress=progress)
+    if not ddp.is_main():  # under torchrun every process fine-tunes its shard; rank 0 writes
+        return tuned
     save_model(folder, tuned, config=art.config, preprocess=art.preprocess, primary=art.primary, classes=art.classes,
                extra={"siamese": {"layer": layer, **asdict(cfg), "train": cfg.train.to_dict()}})
     return tuned

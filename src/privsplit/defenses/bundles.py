@@ -10,6 +10,11 @@ SHA-256 of the manifest itself (``manifest_sha256``, computed with that field em
 refuses a tampered file (e.g. a client whose noise was edited to 0) or a client/server pair from
 different embeddings. Architectures are rebuilt from the stored VGG config and split at ``layer``;
 no pickle is ever loaded. This module imports no training code: the runtime ships it.
+
+Versions: manifests carry ``format_version`` (:data:`BUNDLE_FORMAT_VERSION`); bundles written before
+the field existed read as version 1 and still load. Version 2 added ``format_version`` itself and
+``backbone`` (what the model was fine-tuned from: ``{"method": "scratch"}`` or a ``privsplit
+pretrain`` record with its provenance). A bundle from a *newer* privsplit is refused with a clear error.
 """
 from __future__ import annotations
 
@@ -32,14 +37,21 @@ from privsplit.models.split import split
 from privsplit.models.vgg import VGGConfig, build_model
 
 __all__ = ["BundleError", "ClientBundle", "ServerBundle", "save_bundles", "load_client_bundle",
-           "load_server_bundle", "check_pair", "embedding_from_bundles", "INPUT_NAME", "OUTPUT_NAMES"]
+           "load_server_bundle", "check_pair", "embedding_from_bundles", "INPUT_NAME", "OUTPUT_NAMES",
+           "BUNDLE_FORMAT_VERSION", "bundle_version"]
 
+BUNDLE_FORMAT_VERSION = 2
 INPUT_NAME = "features"
 OUTPUT_NAMES = ("probabilities", "label")
 
 
 class BundleError(ValueError):
     """A bundle is missing, tampered with, or does not belong with its counterpart."""
+
+
+def bundle_version(manifest: dict[str, Any]) -> int:
+    """The manifest's ``format_version`` (1 for bundles written before the field existed)."""
+    return int(manifest.get("format_version", 1))
 
 
 @dataclass
@@ -93,14 +105,18 @@ def _write(folder: Path, side: str, tensors: dict[str, torch.Tensor], manifest: 
 
 def save_bundles(embedding: Embedding, folder: str | Path, *, config: VGGConfig, preprocess: Preprocess,
                  classes: list[str], primary: str, model_name: str | None = None,
-                 info: dict[str, Any] | None = None) -> tuple[Path, Path]:
-    """Write ``folder/client`` and ``folder/server``; returns their paths."""
+                 info: dict[str, Any] | None = None, backbone: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write ``folder/client`` and ``folder/server``; returns their paths.
+
+    ``backbone``: the model's start (the run manifest's ``backbone`` record; default: from scratch).
+    """
     folder = Path(folder)
     emb_id = uuid.uuid4().hex
     name = model_name or f"privsplit-{embedding.kind}-{embedding.layer}".replace("_", "-")
     reduction = embedding.reduction_config
     noise_spec = embedding.noise.spec()
-    common = {"embedding_id": emb_id, "model_name": name, "kind": embedding.kind, "layer": embedding.layer,
+    common = {"format_version": BUNDLE_FORMAT_VERSION, "backbone": backbone or {"method": "scratch"},
+              "embedding_id": emb_id, "model_name": name, "kind": embedding.kind, "layer": embedding.layer,
               "architecture": config.to_dict(), "reduction": reduction, "info": info or {}}
     shape = list(embedding.transmitted_shape(preprocess.size))
     client_tensors = {f"extractor.{k}": v for k, v in embedding.extractor.state_dict().items()}
@@ -128,6 +144,9 @@ def _read(folder: str | Path, side: str) -> tuple[dict[str, Any], dict[str, torc
     manifest = json.loads(man_path.read_text())
     if manifest.get("format") != f"privsplit.{side}/1":
         raise BundleError(f"{man_path}: format {manifest.get('format')!r} is not privsplit.{side}/1")
+    if bundle_version(manifest) > BUNDLE_FORMAT_VERSION:
+        raise BundleError(f"{man_path}: format_version {bundle_version(manifest)} is newer than this privsplit "
+                          f"reads ({BUNDLE_FORMAT_VERSION}); upgrade privsplit")
     if _manifest_digest(manifest) != manifest.get("manifest_sha256"):
         raise BundleError(f"{man_path} was modified after export (manifest SHA-256 mismatch); re-export the bundle")
     if _sha256(weights) != manifest.get("tensors_sha256"):

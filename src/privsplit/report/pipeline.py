@@ -42,16 +42,24 @@ def load_config(dataset: str, *, quick: bool = False, path: str | Path | None = 
 
 def _stage_hash(cfg: dict[str, Any], stage: Stage, upstream: list[str]) -> str:
     relevant = {k: cfg.get(k) for k in stage.keys} if stage.keys else cfg
+    if cfg.get("backbone", "scratch") == "scratch":  # from scratch the backbone keys do not matter: reports
+        relevant = {k: v for k, v in relevant.items()  # made before they existed keep their hashes (resume)
+                    if not k.startswith(("backbone", "finetune"))}
     body = json.dumps({"cfg": relevant, "stage": stage.name, "upstream": upstream}, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
 def reproduce(dataset: str, out: str | Path, *, quick: bool = False, config: str | Path | None = None,
-              stop_after: str | None = None, stages: list[Stage] | None = None, align: str = "none") -> Path:
+              stop_after: str | None = None, stages: list[Stage] | None = None, align: str = "none",
+              backbone: str | None = None) -> Path:
     """Run (or resume) every stage for ``dataset`` into ``out``; returns the report's path.
 
     ``align``: a face detector name to train on detected + aligned faces (datasets that are not pre-aligned);
     recorded in the config (and so in every stage hash) only when set, so existing reports still resume.
+
+    ``backbone``: ``"scratch"`` trains the primary model from random weights, ``"identity"`` first
+    builds an identity-bearing backbone (distilled from dlib, ``privsplit pretrain``) and fine-tunes
+    from it (the paper's path); default: the config's ``backbone`` (``scratch`` when absent).
     """
     from privsplit.report.stages import STAGES
 
@@ -59,6 +67,10 @@ def reproduce(dataset: str, out: str | Path, *, quick: bool = False, config: str
     cfg = load_config(dataset, quick=quick, path=config)
     if align != "none":
         cfg["align"] = align
+    if backbone is not None:
+        if backbone not in ("scratch", "identity"):
+            raise ValueError(f"backbone='{backbone}' unknown; use 'identity' or 'scratch'")
+        cfg["backbone"] = backbone
     out = Path(out)
     (out / "stages").mkdir(parents=True, exist_ok=True)
     ctx = Context(cfg, out, {}, str(config) if config else None)

@@ -22,6 +22,7 @@ from privsplit.data.faces import FaceData
 from privsplit.data.transforms import augment
 from privsplit.metrics.classification import ClassificationMetrics, ClassificationReport
 from privsplit.progress import progress_bar
+from privsplit.train import distributed as ddp
 from privsplit.train.checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["TrainConfig", "TrainResult", "LossFn", "cross_entropy_loss", "train_classifier", "predict", "evaluate"]
@@ -119,7 +120,11 @@ def train_classifier(
         checkpoint: path stem; ``resume=True`` continues from it exactly (same weights and metrics as
             an uninterrupted run).
         stop_after_epoch: stop early after this epoch (used to test resuming).
+
+    Under ``torchrun`` each process trains on its shard of every global batch of ``config.batch_size``
+    and gradients are averaged (see :mod:`privsplit.train.distributed`); only rank 0 checkpoints.
     """
+    ddp.setup()  # no-op unless launched by torchrun
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     model.to(memory_format=torch.channels_last)  # ~5x faster convolutions on CPU (oneDNN)
@@ -133,24 +138,32 @@ def train_classifier(
     if resume and checkpoint is not None and Path(checkpoint).with_suffix(".json").exists():
         meta = load_checkpoint(checkpoint, model=model, optimizer=opt, generator=gen)
         start_epoch, result.history, result.seconds = meta["epoch"], meta["history"], meta["seconds"]
+    ddp.broadcast_module(model)  # every process starts from rank 0's weights
     model.train()
-    with progress_bar("training", total=total, enabled=progress) as advance:
+    with progress_bar("training", total=total, enabled=progress and ddp.is_main()) as advance:
         advance(start_epoch * steps_per_epoch)
         for epoch in range(start_epoch, config.epochs):
             t0, running, seen = time.perf_counter(), 0.0, 0
-            for i, (_, x, y) in enumerate(train.batches(config.batch_size, column=column, shuffle=True, generator=gen)):
+            for i, (batch, x, y) in enumerate(train.batches(config.batch_size, column=column, shuffle=True, generator=gen)):
                 step = epoch * steps_per_epoch + i
                 for group in opt.param_groups:
                     group["lr"] = _lr_at(step, total, config)
                 if config.augment:
-                    x = augment(x, gen)
+                    x = augment(x, gen)  # the whole global batch on every process: same generator state
+                rows = ddp.shard(torch.arange(len(y)))
+                x, y, scale = x[rows], y[rows], ddp.shard_weight(len(rows), len(batch))
                 x = x.contiguous(memory_format=torch.channels_last)
-                loss, parts = loss_fn(model, x, y)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if len(y):
+                    loss, parts = loss_fn(model, x, y)
+                    (loss * scale).backward()
+                ddp.average_gradients(params)
                 opt.step()
-                running, seen = running + float(loss.detach()) * len(y), seen + len(y)
-                advance(1, epoch=f"{epoch + 1}/{config.epochs}", loss=f"{running / seen:.3f}")
+                ddp.broadcast_module(model, buffers_only=True)
+                if len(y):
+                    running, seen = running + float(loss.detach()) * len(y), seen + len(y)
+                advance(1, epoch=f"{epoch + 1}/{config.epochs}", loss=f"{running / max(seen, 1):.3f}")
+            running, seen = ddp.all_sum([running, float(seen)])  # the global batch's loss, as in one process
             row = {"epoch": epoch + 1, "loss": running / max(seen, 1), "seconds": time.perf_counter() - t0}
             if eval_data is not None:
                 rep = evaluate(model, eval_data, column=column)
@@ -158,7 +171,7 @@ def train_classifier(
                 model.train()
             result.history.append(row)
             result.seconds += row["seconds"]
-            if checkpoint is not None:
+            if checkpoint is not None and ddp.is_main():
                 save_checkpoint(checkpoint, model=model, optimizer=opt, generator=gen,
                                 meta={"epoch": epoch + 1, "history": result.history, "seconds": result.seconds,
                                       "config": config.to_dict()})

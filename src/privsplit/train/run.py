@@ -17,6 +17,7 @@ from privsplit.data.loaders import load_manifest
 from privsplit.data.splits import Splits, identity_disjoint_split
 from privsplit.data.transforms import Preprocess
 from privsplit.models.vgg import VGGConfig, build_model
+from privsplit.train import distributed as ddp
 from privsplit.train.artifacts import save_model
 from privsplit.train.loops import TrainConfig, evaluate, train_classifier
 
@@ -47,6 +48,7 @@ class RunSpec:
     test_fraction: float = 0.15
     skip_bad: bool = False
     align: str = "none"  # "none" (centre crop: pre-aligned data) or a face detector (photos: detect + align)
+    init: str | None = None  # backbone folder (``privsplit pretrain``) to fine-tune from; None = from scratch
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def resolved(self) -> RunSpec:
@@ -81,6 +83,9 @@ def prepare_data(spec: RunSpec, *, progress: bool = True) -> PreparedData:
     spec = spec.resolved()
     manifest = load_manifest(spec.dataset, spec.data_root)
     pre = Preprocess(size=spec.size, crop=manifest.crop, align=spec.align)
+    if spec.init:  # a backbone fixes the input size and normalisation it was trained with (e.g. VGG-Face's)
+        bb = Preprocess.from_dict(json.loads((Path(spec.init) / "model.json").read_text())["preprocess"])
+        pre = Preprocess(size=bb.size, crop=manifest.crop, mean=bb.mean, std=bb.std, align=spec.align)
     data = load_faces(manifest, pre, columns=[spec.primary, spec.sensitive], required=[spec.primary],
                       skip_bad=spec.skip_bad, progress=progress)
     splits = identity_disjoint_split(data.manifest.column(spec.sensitive), attack_min_images=spec.attack_min_images,
@@ -93,12 +98,21 @@ def run_training(spec: RunSpec, out: str | Path, *, resume: bool = False, progre
     """Train the primary model of ``spec`` into ``out`` (artifact + splits + checkpoint)."""
     spec = spec.resolved()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    p = prepared or prepare_data(spec, progress=progress)
-    cfg = VGGConfig(arch=spec.arch, num_classes=len(p.data.classes[spec.primary]), width=spec.width,
-                    input_size=spec.size)
+    ddp.setup()
+    if ddp.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+    with ddp.main_first():  # rank 0 decodes (and caches) the images, the others then read the cache
+        p = prepared or prepare_data(spec, progress=progress and ddp.is_main())
+    num_classes = len(p.data.classes[spec.primary])
     torch.manual_seed(spec.train.seed)  # weight init must not depend on what ran before in this process
-    model = build_model(cfg)
+    if spec.init:
+        from privsplit.backbone.init import init_from_backbone
+
+        model, cfg, backbone = init_from_backbone(spec.init, num_classes=num_classes,
+                                                  input_size=p.data.preprocess.size)
+    else:
+        cfg = VGGConfig(arch=spec.arch, num_classes=num_classes, width=spec.width, input_size=spec.size)
+        model, backbone = build_model(cfg), {"method": "scratch"}
     t0 = time.perf_counter()
     result = train_classifier(model, p.train, column=spec.primary, config=spec.train, eval_data=p.test,
                               checkpoint=out / "checkpoint" / "last", resume=resume, progress=progress)
@@ -106,6 +120,9 @@ def run_training(spec: RunSpec, out: str | Path, *, resume: bool = False, progre
                "wall_seconds": time.perf_counter() - t0, "history": result.history}
     if len(p.attack):
         metrics["attack_identities"] = evaluate(model, p.attack, column=spec.primary).to_dict()
+    metrics["processes"] = ddp.world()
+    if not ddp.is_main():  # under torchrun only rank 0 writes
+        return RunResult(out, metrics, result.seconds)
     p.splits.to_json(out / "splits.json")
     m = p.data.manifest
     save_model(out, model, config=cfg, preprocess=p.data.preprocess, primary=spec.primary,
@@ -115,7 +132,7 @@ def run_training(spec: RunSpec, out: str | Path, *, resume: bool = False, progre
                                   "fingerprint": m.fingerprint(), "skipped": len(p.data.skipped),
                                   "sizes": {"train": len(p.train), "test": len(p.test), "attack": len(p.attack)}},
                       "run": {**asdict(spec), "train": spec.train.to_dict()}, "metrics": metrics,
-                      "splits": "splits.json"})
+                      "splits": "splits.json", "backbone": backbone})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return RunResult(out, metrics, result.seconds)
 
