@@ -16,13 +16,13 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+from privsplit.errors import MissingDependency
+
 __all__ = ["LANDMARKS_FILE", "RECOGNIZER_FILE", "dlib_model_dir", "dlib_available", "require_dlib",
            "face_detector", "shape_predictor", "face_recognizer"]
 
 LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
 RECOGNIZER_FILE = "dlib_face_recognition_resnet_model_v1.dat"
-_MISSING = ("dlib and its model files are needed here: pip install 'privsplit[attacks]' "
-            "(dlib-bin, face_recognition_models)")
 
 
 def dlib_model_dir() -> Path | None:
@@ -52,7 +52,8 @@ def require_dlib() -> tuple[Any, Path]:
     """The ``dlib`` module and the model folder; ``ImportError`` naming the extra when either is missing."""
     folder = dlib_model_dir()
     if folder is None or importlib.util.find_spec("dlib") is None:
-        raise ImportError(_MISSING)
+        raise MissingDependency("dlib and its model files are needed here", extra="attacks",
+                                packages=("dlib-bin", "face_recognition_models"))
     import dlib
 
     return dlib, folder

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["OnnxExtractor", "make_session", "onnxruntime_available"]
+from privsplit.errors import MissingDependency
 
-_HINT = "pip install 'privsplit[edge]'  (or: pip install onnxruntime)"
+__all__ = ["OnnxExtractor", "make_session", "onnxruntime_available"]
 
 
 def onnxruntime_available() -> bool:
@@ -38,7 +38,7 @@ def make_session(path: str | Path, *, threads: int = 1, optimization: str = "all
     try:
         import onnxruntime as ort
     except ImportError:
-        raise ImportError(f"running ONNX models needs onnxruntime: {_HINT}") from None
+        raise MissingDependency("running ONNX models needs onnxruntime", extra="edge", packages=("onnxruntime",)) from None
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ONNX model not found: {path} (create it with `privsplit export CLIENT_BUNDLE "

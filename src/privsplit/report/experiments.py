@@ -14,8 +14,9 @@ from privsplit.attacks.common import clean_features
 from privsplit.attacks.data import AttackData, identity_attacks
 from privsplit.attacks.transfer import TransferConfig
 from privsplit.data.faces import FaceData
-from privsplit.defenses.build import PAPER_DIMS, SiameseConfig, build_embedding, cached_siamese
+from privsplit.defenses.build import SiameseConfig, build_embedding, cached_siamese
 from privsplit.defenses.embedding import Embedding
+from privsplit.models.presets import paper_dim
 from privsplit.defenses.noise import GaussianNoise
 from privsplit.metrics.rank import primary_label_ceiling, rank_privacy
 from privsplit.train.loops import evaluate
@@ -90,10 +91,10 @@ def embedding_table(run: Any, art: Any, prepared: Any, *, layers: Sequence[str],
         tuned = cached_siamese(run, art, prepared.train, layer=layer, cfg=siamese)
         for kind in EMBEDDING_TABLE_KINDS:
             emb = build_embedding(kind, art.model, layer=layer, train=prepared.train, column=art.primary,
-                                  dim=PAPER_DIMS.get(layer, 8), tuned=tuned, progress=False)
+                                  dim=paper_dim(layer), tuned=tuned, progress=False)
             rep = evaluate(emb, prepared.test, column=art.primary)
             row = {"accuracy": rep.accuracy, "balanced_accuracy": rep.balanced_accuracy,
-                   "dim": PAPER_DIMS.get(layer, 8) if "reduced" in kind else None}
+                   "dim": paper_dim(layer) if "reduced" in kind else None}
             row.update(identity_attacks(emb, data, primary=art.primary, transfer=transfer, name=kind))
             if audit is not None:
                 row.update(audit_row(emb, data.all, primary=art.primary, **audit))
