@@ -12,9 +12,7 @@ import torch
 from torch import nn
 
 from privsplit.defenses.bundles import ClientBundle
-from privsplit.edge import export as _export
-from privsplit.edge.export import (
-    _ET_HINT,
+from privsplit.edge.onnx_export import (
     CLIENT_INPUT,
     CLIENT_OUTPUT,
     DEFAULT_ATOL,
@@ -29,13 +27,27 @@ from privsplit.edge.export import (
 )
 from privsplit.errors import MissingDependency
 
-__all__ = ["export_client_executorch"]
+__all__ = ["export_client_executorch", "executorch_available"]
+
+_ET_HINT = ("pip install executorch==1.5.1  (the release built for torch 2.13; run `pip install --dry-run "
+            "executorch==1.5.1` first and make sure it does not replace your torch)")
+
+
+def executorch_available() -> bool:
+    """True when ``executorch`` (with its XNNPACK backend) imports."""
+    try:
+        import executorch.exir  # noqa: F401
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means "not usable here"
+        return False
+    return True
+
 
 
 def export_client_executorch(bundle: ClientBundle | str | Path, out: str | Path, *, atol: float = DEFAULT_ATOL,
                              batch_sizes: Sequence[int] = (1, 3), max_batch: int = 64, seed: int = 0) -> ExportReport:
     """Client bundle -> ExecuTorch ``.pte`` (XNNPACK-delegated), dynamic batch ``1..max_batch``, verified."""
-    if not _export.executorch_available():  # looked up on export, where tests (and users) may patch it
+    if not executorch_available():
         raise MissingDependency("--format executorch needs the executorch package", hint=_ET_HINT)
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower

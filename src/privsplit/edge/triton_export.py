@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from privsplit.defenses.bundles import ServerBundle
-from privsplit.edge.export import (
+from privsplit.edge.onnx_export import (
     DEFAULT_ATOL,
     ExportError,
     ExportReport,
