@@ -88,10 +88,12 @@ class Reduction(nn.Module):
 
     @property
     def dim(self) -> int:
+        """The reduced size ``k`` (numbers sent per image)."""
         return int(self.config["dim"])
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
+        """The split layer's activation shape ``(C, H, W)`` that is reduced and reconstructed."""
         return tuple(self.config["feature_shape"])
 
     def forward(self, x: Tensor) -> Tensor:

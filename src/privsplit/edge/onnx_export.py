@@ -54,6 +54,7 @@ class ExportReport:
     metadata: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (paths as strings) for ``privsplit export --json`` and logs."""
         d = asdict(self)
         d["path"] = str(self.path)
         d["triton_config"] = None if self.triton_config is None else str(self.triton_config)

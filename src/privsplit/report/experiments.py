@@ -5,7 +5,8 @@ Everything here composes library pieces (embeddings, attacks, metrics) and retur
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +20,9 @@ from privsplit.defenses.embedding import Embedding
 from privsplit.models.presets import paper_dim
 from privsplit.defenses.noise import GaussianNoise
 from privsplit.metrics.rank import primary_label_ceiling, rank_privacy
+from privsplit.train.artifacts import ModelArtifact
 from privsplit.train.loops import evaluate
+from privsplit.train.run import PreparedData
 
 __all__ = ["rank_privacy_of", "noise_tradeoff", "embedding_table",
            "EMBEDDING_TABLE_KINDS"]
@@ -76,9 +79,9 @@ def noise_tradeoff(embedding: Embedding, sigmas: Sequence[float], *, test: FaceD
     return rows
 
 
-def embedding_table(run: Any, art: Any, prepared: Any, *, layers: Sequence[str], data: AttackData,
+def embedding_table(run: str | Path, art: ModelArtifact, prepared: PreparedData, *, layers: Sequence[str], data: AttackData,
                     siamese: SiameseConfig, transfer: TransferConfig | None,
-                    on_row: Any = None, audit: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                    on_row: Callable[[dict[str, Any]], None] | None = None, audit: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Table I/II and Fig. 9/12a rows: primary accuracy and identity attacks per embedding and layer.
 
     ``run`` is the run folder (the Siamese fine-tuned models are cached there). ``audit`` (options of
