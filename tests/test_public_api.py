@@ -136,3 +136,15 @@ def test_public_names_are_documented_and_typed():
 def test_pending_modules_once_merged():
     found = [p for p in problems() if _pending(p)]
     assert not found, f"{len(found)} public API problem(s) in PENDING modules:\n" + "\n".join(found)
+
+
+def test_top_level_names_are_lazy_and_resolve():
+    import subprocess
+    import sys
+
+    code = ("import sys, privsplit; loaded = sorted(m for m in sys.modules if m.startswith('privsplit.')); "
+            "print(loaded); [getattr(privsplit, n) for n in privsplit.__all__]; print(callable(privsplit.audit))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "['privsplit.lazy']", f"import privsplit loaded more than its lazy helper: {out[0]}"
+    assert out[1] == "True"  # privsplit.audit(...) works whether read as the function or the subpackage
+    assert {"split", "vgg16", "vgg_s", "build_embedding", "Client", "audit", "ATTACKS"} <= set(dir(privsplit))

@@ -23,6 +23,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from privsplit.lazy import lazy_exports
+
 __version__ = "0.1.0"
 
 #: public name -> the module that defines it (imported on first access)
@@ -40,6 +42,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = ["__version__", "audit", *_LAZY]
+_lazy_getattr, _ = lazy_exports(__name__, _LAZY)
 
 
 def __getattr__(name: str) -> Any:
@@ -47,11 +50,7 @@ def __getattr__(name: str) -> Any:
         # the subpackage privsplit.audit is itself callable (it forwards to privsplit.audit.audit), so the
         # attribute stays the same object whether or not something imported the subpackage first
         return importlib.import_module("privsplit.audit")
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # later look-ups skip __getattr__
-        return value
-    raise AttributeError(f"module 'privsplit' has no attribute '{name}'")
+    return _lazy_getattr(name)
 
 
 def __dir__() -> list[str]:

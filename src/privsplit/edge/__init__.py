@@ -14,8 +14,7 @@ exporter nor the benchmark.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from privsplit.lazy import lazy_exports
 
 _LAZY = {
     "export": ("ExportError", "MissingDependency", "ExportReport", "bundle_side", "export_bundle",
@@ -31,13 +30,4 @@ _LAZY = {
 _WHERE = {name: mod for mod, names in _LAZY.items() for name in names}
 
 __all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"privsplit.edge.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'privsplit.edge' has no attribute '{name}'")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, {name: f".{mod}" for name, mod in _WHERE.items()})

@@ -4,8 +4,7 @@ Names are imported lazily: ``import privsplit.report`` loads nothing heavy until
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from privsplit.lazy import lazy_exports
 
 _EXPORTS = {
     "reproduce": "pipeline", "load_config": "pipeline", "Context": "context", "Stage": "context",
@@ -15,13 +14,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"privsplit.report.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'privsplit.report' has no attribute '{name}'")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, {name: f".{mod}" for name, mod in _EXPORTS.items()})
