@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: the bottom: every layer above may use these (metrics excepted: they stay pure tensor functions)
-FOUNDATION = frozenset({"registry", "config", "progress"})
+FOUNDATION = frozenset({"registry", "config", "progress", "errors", "markdown", "lazy"})
 
 _TRAIN = FOUNDATION | {"data", "models", "metrics"}
 _DEFENSES = _TRAIN | {"train"}
@@ -29,7 +29,10 @@ LAYERS: dict[str, tuple[frozenset[str], str]] = {
                               "make it a cycle hazard"),
     "config": (frozenset(), "paths and environment settings read by every layer"),
     "progress": (frozenset(), "progress bars any long step may show"),
-    "metrics": (frozenset(), "pure tensor functions (scores in, numbers out), tested against naive twins "
+    "errors": (frozenset(), "exceptions every layer raises (MissingDependency names the extra to install)"),
+    "lazy": (frozenset(), "lazy facades (module __getattr__) so importing a package loads nothing behind it"),
+    "markdown": (frozenset(), "the one markdown-table helper every report (edge costs, the paper report) uses"),
+    "metrics": (frozenset({"errors"}), "pure tensor functions (scores in, numbers out), tested against naive twins "
                              "without a model or data"),
     "models": (FOUNDATION, "architectures and the split know no datasets, training or defences: the device "
                            "rebuilds a model from a bundle alone"),

@@ -14,6 +14,7 @@ __all__ = ["data_root", "cache_dir"]
 
 
 def data_root() -> Path | None:
+    """Folder holding the real datasets: ``$PRIVSPLIT_DATA``, else ``../shared/data`` if present, else ``None``."""
     env = os.environ.get("PRIVSPLIT_DATA")
     if env:
         return Path(env).expanduser()
@@ -25,6 +26,7 @@ def data_root() -> Path | None:
 
 
 def cache_dir() -> Path:
+    """Folder for decoded images and generated data: ``$PRIVSPLIT_CACHE`` or ``./.privsplit-cache`` (created)."""
     env = os.environ.get("PRIVSPLIT_CACHE")
     path = Path(env).expanduser() if env else Path.cwd() / ".privsplit-cache"
     path.mkdir(parents=True, exist_ok=True)

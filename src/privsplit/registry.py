@@ -89,6 +89,7 @@ class Registry(Generic[T]):
         return list(self._entries)
 
     def items(self) -> list[tuple[str, T]]:
+        """``(name, factory)`` pairs in registration order."""
         return list(self._entries.items())
 
     def __contains__(self, name: object) -> bool:

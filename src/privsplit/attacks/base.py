@@ -89,6 +89,7 @@ class AttackResult:
     groups: Tensor | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (figures and details included) for reports and audit.json."""
         return {"attack": self.attack, "embedding": self.embedding,
                 "figures": {k: asdict(v) for k, v in self.figures.items()},
                 "references": self.references, "details": self.details}

@@ -28,8 +28,9 @@ import numpy as np
 
 from privsplit.attacks.common import clean_features
 from privsplit.attacks.neighbors import NearestNeighborAttack, noise_variance
-from privsplit.attacks.transfer import TransferAttack
+from privsplit.attacks.transfer import TransferAttack, TransferConfig
 from privsplit.data.faces import FaceData
+from privsplit.defenses.embedding import Embedding
 from privsplit.data.splits import per_identity_split
 from privsplit.metrics.rank_enrolment import EnrolmentRankPrivacy, enrolment_rank_privacy
 
@@ -134,7 +135,7 @@ def attack_data(all_images: FaceData, *, n_enrol: int = 15, per_identity: int | 
     return AttackData(all_images, all_images.subset(enrol), all_images.subset(query), aux, sensitive, group, seed)
 
 
-def identity_attacks(embedding: Any, data: AttackData, *, primary: str, transfer: Any = None,
+def identity_attacks(embedding: Embedding, data: AttackData, *, primary: str, transfer: TransferConfig | None = None,
                      name: str | None = None) -> dict[str, Any]:
     """1-NN (clean enrolment bank, noisy queries) and, with a ``TransferConfig``, the transfer attack on
     one embedding; a flat row for the reports (the transfer attack's chosen head in ``transfer_head``)."""

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from privsplit.attacks.base import ATTACKS
 from privsplit.attacks.common import clean_features
 from privsplit.attacks.recognizer import RecognizerAttack
+from privsplit.attacks.face_match import FaceMatcher
 from privsplit.data.faces import FaceData
 from privsplit.progress import progress_bar
 
@@ -124,7 +125,7 @@ class InversionAttack(RecognizerAttack):
 
     def __init__(self, embedding: nn.Module, *, aux: FaceData | None = None, seed: int = 0,
                  embedding_name: str | None = None, config: InversionConfig = InversionConfig(),
-                 matcher: Any | None = None) -> None:
+                 matcher: FaceMatcher | None = None) -> None:
         super().__init__(embedding, aux=aux, seed=seed, embedding_name=embedding_name, matcher=matcher)
         self.config = config
         self.scale: Tensor | None = None
@@ -169,6 +170,7 @@ class InversionAttack(RecognizerAttack):
 
     @property
     def details(self) -> dict[str, Any]:
+        """The base details plus this run's config and the objective, for the report."""
         return {**super().details, "config": asdict(self.config),
                 "objective": "mean squared feature error / aux feature std + tv_weight * squared TV; Adam on pixels "
                              "(at config.resolution) from the aux mean face"}

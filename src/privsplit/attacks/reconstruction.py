@@ -39,6 +39,7 @@ from privsplit.attacks.base import ATTACKS, Attack, AttackResult
 from privsplit.attacks.common import primary_label_floor
 from privsplit.attacks.decoder import Decoder, ReconConfig, decoder_features, to_unit, train_decoder
 from privsplit.attacks.recognizer import RecognizerAttack, mean_figure
+from privsplit.attacks.face_match import FaceMatcher
 from privsplit.data.faces import FaceData
 from privsplit.metrics.image import psnr, ssim
 
@@ -93,7 +94,7 @@ class ReconstructionAttack(Attack):
         return to_unit(sub.images), self.reconstruct(sub)
 
     def evaluate(self, test: FaceData, *, column: str = "identity", primary: str | None = None,
-                 identity: bool | None = None, matcher: Any | None = None) -> AttackResult:
+                 identity: bool | None = None, matcher: FaceMatcher | None = None) -> AttackResult:
         """SSIM, PSNR (and dlib ``identity_match``) of the reconstructions of ``test``.
 
         Args:
@@ -153,7 +154,7 @@ class ReconstructionIdentityAttack(RecognizerAttack):
 
     def __init__(self, embedding: nn.Module, *, aux: FaceData | None = None, seed: int = 0,
                  embedding_name: str | None = None, config: ReconConfig = ReconConfig(),
-                 matcher: Any | None = None) -> None:
+                 matcher: FaceMatcher | None = None) -> None:
         super().__init__(embedding, aux=aux, seed=seed, embedding_name=embedding_name, matcher=matcher)
         # the decoder's own dlib check (leave-one-out on held-out people) is not this attack's figure
         self.config = replace(config, identity=False, seed=config.seed + seed)
@@ -173,6 +174,7 @@ class ReconstructionIdentityAttack(RecognizerAttack):
 
     @property
     def details(self) -> dict[str, Any]:
+        """The base details plus this run's decoder config, for the report."""
         return {**super().details, "config": asdict(self.config)}
 
 

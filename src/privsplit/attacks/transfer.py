@@ -197,6 +197,7 @@ class TransferAttack(IdentityAttack):
 
     @property
     def details(self) -> dict:
+        """What was fitted: config, chosen head, learning rate, ensemble members, validation top-1, fit time."""
         return {"config": asdict(self.config), "head": self.choice, "lr": self.lr,
                 "members": [m.key for m, _ in self.members], "validation_top1": dict(self.validation),
                 "combine": "mean of softmax probabilities", "fit_seconds": self.fit_seconds}

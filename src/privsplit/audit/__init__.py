@@ -10,8 +10,15 @@ provenance (bundle SHA-256s, embedding id, data hash, seeds, versions, git commi
 :func:`compare_audits` is the paired test behind "defence A leaks less than B".
 
 The threat model is :mod:`privsplit.attacks`'s. ``privsplit audit`` (``cli/audit.py``) is the command.
+
+The package is callable: ``privsplit.audit(...)`` is :func:`audit` (so ``privsplit.audit`` means the same
+thing whether it is read as the top-level name or as this subpackage).
 """
 from __future__ import annotations
+
+import sys
+import types
+from typing import Any
 
 from privsplit.audit.floors import Floors, excluded_pair_floor, floors_of
 from privsplit.audit.provenance import bundle_provenance, data_provenance, environment_provenance
@@ -24,3 +31,13 @@ __all__ = ["audit", "AuditReport", "AttackSummary", "WorstCase", "GateResult", "
            "select_attacks", "load_target", "compare_audits", "leak_sentence", "excluded_pair_floor", "floors_of",
            "bundle_provenance", "data_provenance", "environment_provenance", "markdown", "plot_rows", "write_json",
            "write_markdown", "audit_row", "report_row", "profile_available"]
+
+
+class _CallableModule(types.ModuleType):
+    """This package's module type: calling it calls :func:`audit`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> AuditReport:
+        return audit(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -48,6 +48,7 @@ class Floors:
         return self.primary_top1 if self.structure_top1 is None else self.structure_top1
 
     def to_dict(self) -> dict[str, float | int | str | None]:
+        """JSON-able form, with the reference floor the gate compares against."""
         return {**asdict(self), "reference": self.reference}
 
 

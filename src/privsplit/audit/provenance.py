@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from privsplit.data.faces import FaceData
+
 __all__ = ["bundle_provenance", "environment_provenance", "data_provenance"]
 
 
@@ -31,7 +33,7 @@ def bundle_provenance(bundle: str | Path) -> dict[str, Any]:
     return out
 
 
-def data_provenance(data: Any) -> dict[str, Any]:
+def data_provenance(data: FaceData) -> dict[str, Any]:
     """Name and fingerprint (SHA-256 over paths, labels, file sizes) of a ``FaceData``'s manifest."""
     man = getattr(data, "manifest", None)
     if man is None:

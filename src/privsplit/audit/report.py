@@ -57,6 +57,7 @@ class AttackSummary:
         return torch.cat(self.hits), torch.cat(self.groups)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (intervals, per-seed values, figures, details) for audit.json."""
         return {"name": self.name, "top1": None if self.top1 is None else asdict(self.top1),
                 "top5": None if self.top5 is None else asdict(self.top5), "per_seed_top1": self.per_seed_top1,
                 "spread": list(self.spread), "validation_top1": self.validation_top1,
@@ -74,6 +75,7 @@ class WorstCase:
     selection: str  # "validation" (no peeking) or "maximum" (optimistic for the attacker)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able form of the worst case."""
         return {**asdict(self), "top1": asdict(self.top1)}
 
 
@@ -91,6 +93,7 @@ class GateResult:
 
     @property
     def reason(self) -> str:
+        """One sentence saying why the gate passed or failed (value, bound used, threshold)."""
         what = "upper 95% bound" if self.strict else "point estimate"
         verb = "exceeds" if not self.passed else "is within"
         return (f"worst-case identity top-1 ({what}) {self.value:.1%} {verb} {self.factor:g} x floor "
@@ -118,12 +121,14 @@ class AuditReport:
     query_keys: list[str] = field(default_factory=list, repr=False)
 
     def attack(self, name: str) -> AttackSummary:
+        """The summary of the attack named ``name``; ``KeyError`` naming the attacks that ran otherwise."""
         for a in self.attacks:
             if a.name == name:
                 return a
         raise KeyError(f"no attack '{name}' in this audit; it ran {', '.join(a.name for a in self.attacks)}")
 
     def headline(self) -> str:
+        """One sentence: the worst case (chosen on validation) against the floor and chance, and the optimistic one."""
         w, o = self.worst, self.optimistic
         text = (f"worst case: {w.attack} {w.top1} identity top-1 ({w.times_floor:.2f} x floor "
                 f"{self.floors.reference:.1%}; chance {self.floors.chance_top1:.1%}), chosen on validation")
@@ -132,6 +137,7 @@ class AuditReport:
         return text
 
     def to_dict(self) -> dict[str, Any]:
+        """The whole report as JSON-able data (``privsplit.audit/1``): what ``audit.json`` holds."""
         comps = {k: {**asdict(v), "separated": v.separated} for k, v in self.comparisons.items()}
         return {"format": "privsplit.audit/1", "embedding": self.embedding, "profile": self.profile,
                 "seeds": self.seeds, "sensitive": self.sensitive, "primary": self.primary,

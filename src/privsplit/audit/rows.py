@@ -7,7 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from privsplit.attacks.base import ATTACKS
+from privsplit.attacks.data import AttackData
 from privsplit.audit.report import AuditReport
+from privsplit.data.faces import FaceData
+from privsplit.defenses.embedding import Embedding
 
 __all__ = ["audit_row", "report_row", "profile_available"]
 
@@ -33,7 +36,7 @@ def report_row(report: AuditReport) -> dict[str, Any]:
     return row
 
 
-def audit_row(embedding: Any, data: Any, **options: Any) -> dict[str, Any]:
+def audit_row(embedding: Embedding, data: FaceData | AttackData, **options: Any) -> dict[str, Any]:
     """Audit ``embedding`` (see :func:`privsplit.audit.audit` for ``options``) quietly and return its row."""
     from privsplit.audit.run import audit
 

@@ -28,10 +28,13 @@ import torch
 from torch import Tensor
 
 from privsplit.attacks.base import ATTACKS, Figure, IdentityAttack
+from privsplit.attacks.data import AttackData
 from privsplit.audit.cache import FeatureCache, with_cache
 from privsplit.audit.floors import Floors, floors_of, mean_floors
 from privsplit.audit.provenance import bundle_provenance, data_provenance, environment_provenance
 from privsplit.audit.report import AttackSummary, AuditReport, GateResult, WorstCase
+from privsplit.data.faces import FaceData
+from privsplit.defenses.embedding import Embedding
 from privsplit.defenses.noise import GaussianNoise
 from privsplit.metrics.intervals import paired_bootstrap
 from privsplit.progress import progress_bar
@@ -62,7 +65,7 @@ def select_attacks(attacks: str | list[str] | tuple[str, ...] = "all", profile: 
     return list(attacks)
 
 
-def load_target(target: Any) -> tuple[Any, dict[str, Any]]:
+def load_target(target: Embedding | str | Path) -> tuple[Embedding, dict[str, Any]]:
     """An embedding and its provenance from an ``Embedding`` or a bundle folder (``client/`` + ``server/``)."""
     if isinstance(target, (str, Path)):
         from privsplit.defenses.bundles import embedding_from_bundles, load_client_bundle, load_server_bundle
@@ -200,9 +203,9 @@ def _query_key(d: Any) -> str:
     return hashlib.sha256("\n".join(paths).encode()).hexdigest()[:16]
 
 
-def audit(target: Any, data: Any, *, attacks: str | list[str] = "all", profile: str = "fast", seeds: int | list[int] = 3,
+def audit(target: Embedding | str | Path, data: FaceData | AttackData, *, attacks: str | list[str] = "all", profile: str = "fast", seeds: int | list[int] = 3,
           sensitive: str = "identity", primary: str | None = "gender", gate: float | None = None,
-          gate_strict: bool = False, aux: Any = None, n_enrol: int = 15, n_val: int = 5,
+          gate_strict: bool = False, aux: FaceData | None = None, n_enrol: int = 15, n_val: int = 5,
           per_identity: int | None = None, group: str | None = None, repeats: int = 1,
           options: dict[str, dict[str, Any]] | None = None, validation_seeds: int | None = 1, n_boot: int = 2000,
           provenance: dict[str, Any] | None = None, progress: bool = True, cache_features: bool = True) -> AuditReport:

@@ -24,6 +24,7 @@ def _fig(f: Figure | None) -> str:
 
 
 def write_json(report: AuditReport, path: str | Path) -> Path:
+    """Write the report's :meth:`AuditReport.to_dict` to ``path`` as JSON; returns the path."""
     Path(path).write_text(json.dumps(report.to_dict(), indent=1, default=str))
     return Path(path)
 
@@ -94,6 +95,7 @@ def markdown(report: AuditReport, *, command: str | None = None) -> str:
 
 
 def write_markdown(report: AuditReport, path: str | Path, *, command: str | None = None) -> Path:
+    """Write the report as markdown (with the command that produced it, if given); returns the path."""
     Path(path).write_text(markdown(report, command=command))
     return Path(path)
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import typer
 
+__all__ = ["app", "main"]
+
 from privsplit.cli import attack, audit, cost, demo, embed, evaluate, export, infer, pretrain, reproduce, serve, train
 
 app = typer.Typer(help="privsplit: privacy-preserving split inference (Osia et al. 2017).",
@@ -12,4 +14,5 @@ for _mod in (pretrain, train, evaluate, embed, attack, audit, serve, infer, expo
 
 
 def main() -> None:
+    """Entry point of the ``privsplit`` command."""
     app()

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from privsplit.data.errors import DataError
+from privsplit.errors import MissingDependency
 
 console = Console()
 F = TypeVar("F", bound=Callable[..., Any])
@@ -21,7 +22,7 @@ def friendly_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (DataError, ValueError, FileNotFoundError) as exc:
+        except (DataError, ValueError, FileNotFoundError, MissingDependency) as exc:
             console.print(f"[bold red]error:[/] {exc}")
             raise typer.Exit(2) from None
     return wrapper  # type: ignore[return-value]

@@ -6,7 +6,7 @@ from privsplit.data.faces import FaceData, FaceDataset, load_faces
 from privsplit.data.images import DecodedImages, decode_manifest
 from privsplit.data.loaders import (
     LOADERS, build_lfw_labels, celeba, ckplus, csv_manifest, default_dataset, download_lfw, lfw,
-    load_manifest, synthetic,
+    load_manifest, register_loader, synthetic,
 )
 from privsplit.data.manifest import Manifest
 from privsplit.data.splits import Splits, identity_disjoint_split, per_identity_split
@@ -14,6 +14,7 @@ from privsplit.data.transforms import Preprocess, augment, decode_image, normali
 
 __all__ = [
     "DataError", "FaceData", "FaceDataset", "load_faces", "DecodedImages", "decode_manifest", "LOADERS",
+    "register_loader",
     "build_lfw_labels", "celeba", "ckplus", "csv_manifest", "default_dataset", "download_lfw", "lfw",
     "load_manifest", "synthetic", "Manifest", "Splits", "identity_disjoint_split", "per_identity_split", "Preprocess", "augment",
     "decode_image", "normalize",

@@ -23,8 +23,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from privsplit.errors import MissingDependency
+
 __all__ = ["LANDMARKS_5", "RECOGNIZER", "dlib_model_dir", "dlib_available", "require_dlib", "face_detector",
-           "shape_predictor", "face_recognizer", "DLIB_TRAINING_DATA"]
+           "shape_predictor", "face_recognizer", "DLIB_TRAINING_DATA",
+           "LANDMARKS_FILE", "RECOGNIZER_FILE"]
 
 LANDMARKS_5 = "shape_predictor_5_face_landmarks.dat"
 RECOGNIZER = "dlib_face_recognition_resnet_model_v1.dat"
@@ -32,9 +35,7 @@ RECOGNIZER = "dlib_face_recognition_resnet_model_v1.dat"
 #: what dlib's documentation says about the recognizer's training data (quoted in docs and outputs)
 DLIB_TRAINING_DATA = ("dlib's recognizer was trained on ~3M faces of 7,485 people (face scrub, VGG dataset, web "
                       "scrapes); its model card says: 'I made sure to avoid overlap with identities in LFW'")
-
-_MISSING = ("dlib and its face models are needed: pip install 'privsplit[attacks]' "
-            "(installs dlib-bin and face_recognition_models)")
+LANDMARKS_FILE, RECOGNIZER_FILE = LANDMARKS_5, RECOGNIZER  # the names main used first
 
 
 def dlib_model_dir() -> Path | None:
@@ -64,7 +65,8 @@ def require_dlib() -> tuple[Any, Path]:
     """``(dlib module, model folder)``; raises ImportError naming the ``attacks`` extra when missing."""
     folder = dlib_model_dir()
     if folder is None or not dlib_available():
-        raise ImportError(_MISSING)
+        raise MissingDependency("dlib and its model files are needed here", extra="attacks",
+                                packages=("dlib-bin", "face_recognition_models"))
     import dlib
 
     return dlib, folder

@@ -34,6 +34,7 @@ class FaceData:
         return int(self.images.shape[0])
 
     def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> FaceData:
+        """The images and labels at ``indices`` (a new FaceData; the class names are kept)."""
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         return FaceData(
             images=self.images[idx],

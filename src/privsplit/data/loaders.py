@@ -8,20 +8,32 @@
   ``list_attr_celeba.txt``); gender comes from the ``Male`` attribute.
 * ``csv``: any folder of images plus a CSV (``path`` column + label columns).
 * ``synthetic``: procedurally generated faces (no download), generated into the cache folder.
+
+They are registered in :data:`LOADERS` (a :class:`privsplit.registry.Registry`); add your own dataset,
+from outside the package, with :func:`register_loader`, and ``--dataset NAME`` / :func:`load_manifest`
+find it::
+
+    from privsplit.data import Manifest, register_loader
+
+    @register_loader("mydata")
+    def mydata(root=None) -> Manifest:       # root: --data-root, or None
+        return Manifest.from_csv("/data/mydata/labels.csv", name="mydata")
 """
 from __future__ import annotations
 
 import tarfile
 import urllib.request
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 from privsplit.config import cache_dir, data_root
 from privsplit.data.errors import DataError
 from privsplit.data.manifest import Manifest
+from privsplit.registry import Registry
 
 __all__ = [
-    "LOADERS", "load_manifest", "lfw", "ckplus", "celeba", "csv_manifest", "synthetic",
+    "LOADERS", "register_loader", "load_manifest", "lfw", "ckplus", "celeba", "csv_manifest", "synthetic",
     "build_lfw_labels", "download_lfw", "default_dataset",
 ]
 
@@ -157,20 +169,34 @@ def download_lfw(dest: str | Path) -> Manifest:  # pragma: no cover - needs inte
     return build_lfw_labels(dest, dest / "male_names.txt", dest / "female_names.txt")
 
 
-LOADERS: dict[str, Callable[..., Manifest]] = {
-    "lfw": lfw, "ckplus": ckplus, "celeba": celeba, "csv": csv_manifest, "synthetic": synthetic,
-}
+#: a loader takes the data root (``--data-root``, or ``None`` for the default place) and returns a Manifest
+Loader = Callable[..., Manifest]
+#: dataset name -> loader, in the order menus list them
+LOADERS: Registry[Loader] = Registry("dataset", help_ref="help(privsplit.data.loaders)")
+for _name, _loader in (("lfw", lfw), ("ckplus", ckplus), ("celeba", celeba), ("csv", csv_manifest),
+                       ("synthetic", synthetic)):
+    LOADERS.register(_name, _loader)
+
+
+def register_loader(name: str, loader: Loader | None = None, *, replace: bool = False) -> Any:
+    """Register ``loader(root) -> Manifest`` as dataset ``name`` (a decorator when ``loader`` is omitted).
+
+    Registering a taken name raises :class:`~privsplit.registry.RegistryError` unless ``replace=True``.
+    """
+    return LOADERS.register(name, replace=replace) if loader is None else LOADERS.register(name, loader,
+                                                                                           replace=replace)
 
 
 def load_manifest(name: str, root: str | Path | None = None) -> Manifest:
-    """Load a dataset by registry name (``lfw``, ``ckplus``, ``celeba``, ``synthetic``) or CSV path."""
+    """Load a dataset by registry name (``lfw``, ``ckplus``, ``celeba``, ``synthetic``, or one added with
+    :func:`register_loader`) or CSV path."""
     if name.endswith(".csv"):
         return csv_manifest(name, root=root)
     if name not in LOADERS:
         raise DataError(f"unknown dataset '{name}'; choose one of {', '.join(LOADERS)} or give a .csv manifest")
     if name == "csv":
         raise DataError("dataset 'csv' needs the CSV path itself: --dataset path/to/labels.csv")
-    return LOADERS[name](root)
+    return LOADERS.get(name)(root)
 
 
 def default_dataset() -> tuple[str, str]:

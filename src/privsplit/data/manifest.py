@@ -64,6 +64,7 @@ class Manifest:
         return self.columns[name]
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> Manifest:
+        """The rows at ``indices`` (a new Manifest over the same root)."""
         idx = [int(i) for i in indices]
         return Manifest(
             root=self.root,
@@ -121,6 +122,7 @@ class Manifest:
         )
 
     def to_csv(self, csv_path: str | Path, *, path_column: str = "path") -> None:
+        """Write the manifest as a CSV (``path_column`` + one column per label), readable by :meth:`from_csv`."""
         cols = sorted(self.columns)
         with Path(csv_path).open("w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)

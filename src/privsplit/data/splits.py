@@ -35,6 +35,7 @@ class Splits:
     seed: int
 
     def to_json(self, path: str | Path) -> None:
+        """Write the seed and the identities of each split to ``path`` as JSON."""
         Path(path).write_text(json.dumps({"seed": self.seed, "identities": self.identities}, indent=1))
 
     @classmethod

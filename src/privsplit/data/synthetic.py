@@ -294,25 +294,53 @@ def generate_synthetic_faces(
     params = {"version": GENERATOR_VERSION, "n_identities": n_identities, "images_per_identity": images_per_identity,
               "size": size, "seed": seed, "expressions": list(expressions)}
 
-    def manifest() -> Manifest:
-        m = Manifest.from_csv(csv_path, name="synthetic", synthetic=True, crop=1.0)
-        return dataclasses.replace(m, description=f"procedural synthetic faces {json.dumps(params)}")
+    cached = _cached_manifest(out, params)
+    if cached is not None:
+        return cached
+    _clear_own_output(out)
+    rows = _render_identities(out, n_identities=n_identities, images_per_identity=images_per_identity, size=size,
+                              seed=seed, expressions=expressions, progress=progress)
+    tmp = csv_path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "identity", "gender", "expression"])
+        writer.writerows(rows)
+    tmp.replace(csv_path)
+    stamp_path.write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
+    return _manifest(out, params)
 
-    if csv_path.is_file() and stamp_path.is_file():
-        try:
-            cached = json.loads(stamp_path.read_text(encoding="utf-8")) == params
-        except ValueError:
-            cached = False
-        if cached:
-            m = manifest()
-            if all((out / p).is_file() for p in m.paths):
-                return m
-    stamp_path.unlink(missing_ok=True)  # regenerate: drop any earlier output of ours (never other files)
+
+def _manifest(out: Path, params: dict[str, object]) -> Manifest:
+    m = Manifest.from_csv(out / "labels.csv", name="synthetic", synthetic=True, crop=1.0)
+    return dataclasses.replace(m, description=f"procedural synthetic faces {json.dumps(params)}")
+
+
+def _cached_manifest(out: Path, params: dict[str, object]) -> Manifest | None:
+    """The earlier output in ``out`` when its stamp has exactly these parameters and every image exists."""
+    csv_path, stamp_path = out / "labels.csv", out / STAMP_NAME
+    if not (csv_path.is_file() and stamp_path.is_file()):
+        return None
+    try:
+        if json.loads(stamp_path.read_text(encoding="utf-8")) != params:
+            return None
+    except ValueError:
+        return None
+    m = _manifest(out, params)
+    return m if all((out / p).is_file() for p in m.paths) else None
+
+
+def _clear_own_output(out: Path) -> None:
+    """Regenerating: drop any earlier output of ours (never other files)."""
+    (out / STAMP_NAME).unlink(missing_ok=True)
     for old in (out / "images").glob("synth_*"):
         if old.is_dir():
             shutil.rmtree(old)
-    csv_path.unlink(missing_ok=True)
+    (out / "labels.csv").unlink(missing_ok=True)
 
+
+def _render_identities(out: Path, *, n_identities: int, images_per_identity: int, size: int, seed: int,
+                       expressions: tuple[str, ...], progress: bool) -> list[tuple[str, str, str, str]]:
+    """Render every identity's images into ``out/images``; returns the CSV rows (path, identity, gender, expression)."""
     pair_rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))  # each pair of identities: one M, one F
     genders = [g for _ in range((n_identities + 1) // 2) for g in pair_rng.permutation(["M", "F"])][:n_identities]
     width = max(4, len(str(n_identities - 1)))
@@ -331,11 +359,4 @@ def generate_synthetic_faces(
         if progress and ((i + 1) % max(1, n_identities // 10) == 0 or i + 1 == n_identities):
             print(f"synthetic faces: {i + 1}/{n_identities} identities", file=sys.stderr, flush=True)
 
-    tmp = csv_path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "identity", "gender", "expression"])
-        writer.writerows(rows)
-    tmp.replace(csv_path)
-    stamp_path.write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
-    return manifest()
+    return rows

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from privsplit.data.errors import DataError
-from privsplit.data.align import DETECTORS, align_crop, detect
+from privsplit.data.align import DETECTORS, FaceDetector, align_crop, detect
 
 __all__ = ["Preprocess", "decode_image", "prepare_image", "prepare_faces", "to_rgb", "resize_square",
            "normalize", "augment", "read_rgb"]
@@ -54,6 +54,7 @@ class Preprocess:
                              f"{', '.join(DETECTORS.names())}")
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able form for manifests (``align`` omitted when ``none``, so older keys stay valid)."""
         d = asdict(self)
         if self.align == "none":  # unchanged manifests and decode-cache keys for centre-crop runs
             del d["align"]
@@ -61,6 +62,7 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        """Inverse of :meth:`to_dict` (a bundle's or a run's manifest entry)."""
         return cls(size=int(d["size"]), crop=float(d["crop"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
                    align=str(d.get("align", "none")))
 
@@ -91,7 +93,7 @@ def _centre_crop(img: Image.Image, crop: float) -> Image.Image:
 
 
 def prepare_faces(image: np.ndarray, pre: Preprocess, *, what: str = "image", all_faces: bool = False,
-                  detector: Any = None) -> list[np.ndarray]:
+                  detector: FaceDetector | None = None) -> list[np.ndarray]:
     """uint8 photo -> model-sized uint8 crops: one (the largest face; or the centre crop without ``align``),
     or every detected face, largest first, with ``all_faces``.
 
@@ -111,7 +113,7 @@ def prepare_faces(image: np.ndarray, pre: Preprocess, *, what: str = "image", al
     return [resize_square(align_crop(image, f, pre.crop), pre.size) for f in faces]
 
 
-def prepare_image(image: np.ndarray, pre: Preprocess, *, what: str = "image", detector: Any = None) -> np.ndarray:
+def prepare_image(image: np.ndarray, pre: Preprocess, *, what: str = "image", detector: FaceDetector | None = None) -> np.ndarray:
     """uint8 photo -> the model's uint8 size x size x 3 input (see :func:`prepare_faces`)."""
     return prepare_faces(image, pre, what=what, detector=detector)[0]
 
@@ -128,7 +130,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
         raise DataError(f"cannot decode image {path}: {exc}") from None
 
 
-def decode_image(path: str | Path, pre: Preprocess, *, detector: Any = None) -> np.ndarray:
+def decode_image(path: str | Path, pre: Preprocess, *, detector: FaceDetector | None = None) -> np.ndarray:
     """Read one image file and prepare it: uint8 size x size x 3.
 
     Raises:

@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,64 +50,62 @@ def _evict(path: str) -> None:
         os.close(fd)
 
 
-def main(job: dict[str, Any]) -> dict[str, Any]:
+Loader = Callable[[], Any]
+Runner = Callable[[Any], Any]
+
+
+def _onnx(job: dict[str, Any], x: Any) -> tuple[Loader, Runner]:
+    """ONNX Runtime: load = create the session; the ORT environment is started off the clock first."""
     import numpy as np
 
-    shape = job["input_shape"]
-    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-    runtime = job["runtime"]
-    if runtime == "onnx":
-        from privsplit.edge.onnx_runtime import make_session
+    from privsplit.edge.onnx_runtime import make_session
 
-        path = job["onnx_path"]
-        if job.get("warmup_onnx"):  # initialise the ORT environment, thread pool and kernels off the clock
-            tiny = make_session(job["warmup_onnx"], threads=1)
-            tiny.run(None, {tiny.get_inputs()[0].name: np.zeros(job["warmup_shape"], dtype=np.float32)})
-            del tiny
+    path = job["onnx_path"]
+    if job.get("warmup_onnx"):  # initialise the ORT environment, thread pool and kernels off the clock
+        tiny = make_session(job["warmup_onnx"], threads=1)
+        tiny.run(None, {tiny.get_inputs()[0].name: np.zeros(job["warmup_shape"], dtype=np.float32)})
+        del tiny
+    feed_name = job.get("input_name", "image")
+    return (lambda: make_session(path, threads=1)), (lambda sess: sess.run(None, {feed_name: x}))
 
-        def load() -> Any:
-            return make_session(path, threads=1)
 
-        feed_name = job.get("input_name", "image")
+def _torch(job: dict[str, Any], x: Any) -> tuple[Loader, Runner]:
+    """torch: load = read the safetensors file + build on the meta device + assign the tensors."""
+    import torch
+    from safetensors.torch import load_file
 
-        def run(sess: Any) -> Any:
-            return sess.run(None, {feed_name: x})
+    from privsplit.edge.specs import ClientSpec
 
-    elif runtime == "torch":
-        import torch
-        from safetensors.torch import load_file
+    torch.set_num_threads(1)
+    spec = ClientSpec.from_dict(job["spec"])
+    xt = torch.from_numpy(x)
+    # warm torch off the clock: meta-device build of this very spec (no data, loads every code path)
+    # and one inference of a tiny model of the same architecture (oneDNN/ATen first-use init)
+    with torch.device("meta"):
+        spec.build()
+    if job.get("warmup_spec"):
+        with torch.inference_mode():
+            tiny_spec = ClientSpec.from_dict(job["warmup_spec"])
+            tiny_spec.build()(torch.zeros(job["warmup_shape"]))
 
-        from privsplit.edge.cost import ClientSpec
-
-        torch.set_num_threads(1)
-        spec = ClientSpec.from_dict(job["spec"])
-        xt = torch.from_numpy(x)
-        # warm torch off the clock: meta-device build of this very spec (no data, loads every code path)
-        # and one inference of a tiny model of the same architecture (oneDNN/ATen first-use init)
+    def load() -> Any:
+        tensors = load_file(job["st_path"])  # memory-mapped: pages are read on first touch ...
+        for t in tensors.values():  # ... so read every byte now, as loading a model file does
+            t.sum()
         with torch.device("meta"):
-            spec.build()
-        if job.get("warmup_spec"):
-            with torch.inference_mode():
-                tiny_spec = ClientSpec.from_dict(job["warmup_spec"])
-                tiny_spec.build()(torch.zeros(job["warmup_shape"]))
+            module = spec.build()
+        module.load_state_dict(tensors, assign=True)
+        return module.eval()
 
-        def load() -> Any:
-            tensors = load_file(job["st_path"])  # memory-mapped: pages are read on first touch ...
-            for t in tensors.values():  # ... so read every byte now, as loading a model file does
-                t.sum()
-            with torch.device("meta"):
-                module = spec.build()
-            module.load_state_dict(tensors, assign=True)
-            return module.eval()
+    def run(module: Any) -> Any:
+        with torch.inference_mode():
+            return module(xt)
 
-        def run(module: Any) -> Any:
-            with torch.inference_mode():
-                return module(xt)
+    return load, run
 
-    else:
-        raise SystemExit(f"unknown runtime {runtime!r}")
-    if job.get("cold"):  # evict this model file from the page cache: the load then reads the disk
-        _evict(job["onnx_path"] if runtime == "onnx" else job["st_path"])
+
+def _measure(job: dict[str, Any], load: Loader, run: Runner) -> dict[str, Any]:
+    """Load once (time, memory), run once (first run), then ``warmup`` + ``runs`` timed runs."""
     gc.collect()
     base = _status()["VmRSS"]
     reset = _reset_peak()
@@ -127,10 +126,25 @@ def main(job: dict[str, Any]) -> dict[str, Any]:
         run(model)
         times.append(wall() - t0)
         cpu_times.append(cpu() - c0)
-    return {"runtime": runtime, "load_s": load_s, "load_cpu_s": load_cpu_s, "base_rss_kb": base,
+    return {"load_s": load_s, "load_cpu_s": load_cpu_s, "base_rss_kb": base,
             "peak_after_load_kb": peak_load, "peak_after_run_kb": st["VmHWM"], "rss_after_run_kb": st["VmRSS"],
-            "first_run_s": first, "times_s": times, "cpu_times_s": cpu_times, "peak_reset": reset,
-            "cold": bool(job.get("cold")), "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+            "first_run_s": first, "times_s": times, "cpu_times_s": cpu_times, "peak_reset": reset}
+
+
+def main(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one measurement job (a dict from :func:`privsplit.edge.measure.measure_client`); returns the record."""
+    import numpy as np
+
+    x = np.random.default_rng(0).standard_normal(job["input_shape"], dtype=np.float32)
+    runtime = job["runtime"]
+    runtimes = {"onnx": _onnx, "torch": _torch}
+    if runtime not in runtimes:
+        raise SystemExit(f"unknown runtime {runtime!r}")
+    load, run = runtimes[runtime](job, x)
+    if job.get("cold"):  # evict this model file from the page cache: the load then reads the disk
+        _evict(job["onnx_path"] if runtime == "onnx" else job["st_path"])
+    return {"runtime": runtime, **_measure(job, load, run), "cold": bool(job.get("cold")),
+            "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
 if __name__ == "__main__":

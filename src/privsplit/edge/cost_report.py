@@ -5,6 +5,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from privsplit.markdown import markdown_table
+
 __all__ = ["markdown", "write_figures", "fmt_bytes", "partition_markdown", "cost_markdown"]
 
 _RT_NAMES = {"onnx": "ONNX Runtime", "torch": "PyTorch"}
@@ -62,7 +64,7 @@ def cost_markdown(result: Mapping[str, Any]) -> str:
         for rt in rts:
             head += [f"load {rt} warm / cold (ms)", f"peak mem {rt}", f"latency {rt} wall med / p90, CPU med (ms)"]
         head += ["ONNX vs torch max abs diff"]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        rows = []
         for r in recs:
             row = [r["config"], f"{r['macs'] / 1e6:,.1f}", f"{r['params'] / 1e6:.2f} M", fmt_bytes(r["onnx_bytes"]),
                    "0 (on device)" if r["embedding"] == "full" else f"{r['upload_bytes']:,} B"]
@@ -74,14 +76,15 @@ def cost_markdown(result: Mapping[str, Any]) -> str:
                         f"{lat['median_ms']:.2f} / {lat['p90_ms']:.2f}, "
                         + _cpu(r[rt].get("latency_cpu"))]
             row += [f"{r['onnx_max_abs_diff']:.1e}"]
-            lines.append("| " + " | ".join(row) + " |")
+            rows.append(row)
+        lines.append(markdown_table(head, rows))
         full = next((r for r in recs if r["embedding"] == "full"), None)
         if full is not None:
             lines += ["", f"Ratios full model / configuration ({recs[0]['model']}):", ""]
             head = ["config", "MACs"]
             for rt in rts:
                 head += [f"memory {rt}", f"load {rt} warm / cold", f"latency {rt} wall / CPU"]
-            lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            rows = []
             for r in recs:
                 if r is full:
                     continue
@@ -94,7 +97,8 @@ def cost_markdown(result: Mapping[str, Any]) -> str:
                             f"{full[rt]['latency']['median_ms'] / r[rt]['latency']['median_ms']:.2f}x / "
                             + (f"{full[rt]['latency_cpu']['median_ms'] / r[rt]['latency_cpu']['median_ms']:.2f}x"
                                if full[rt].get("latency_cpu") and r[rt].get("latency_cpu") else "-")]
-                lines.append("| " + " | ".join(row) + " |")
+                rows.append(row)
+            lines.append(markdown_table(head, rows))
         lines.append("")
     return "\n".join(lines)
 
@@ -104,7 +108,7 @@ def partition_markdown(part: Mapping[str, Any]) -> str:
     has_priv = any(r.get("privacy") is not None for r in rows)
     head = ["#", "split after", "output (C, H, W)", "upload / image (float32)", "vs raw image", "MMACs on device",
             "device latency wall med / p90, CPU med (ms)"] + (["privacy"] if has_priv else [])
-    lines = [f"### Partition view: {part['model']}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    cells = []
     for r in rows:
         row = [str(r["index"]), r["layer"], "x".join(map(str, r["output_shape"])), f"{r['upload_bytes']:,} B",
                f"{r['upload_vs_image']:.2f}x", f"{r['macs'] / 1e6:,.1f}",
@@ -112,8 +116,8 @@ def partition_markdown(part: Mapping[str, Any]) -> str:
                + ("-" if r.get("latency_cpu_ms_median") is None else f"{r['latency_cpu_ms_median']:.2f}")]
         if has_priv:
             row.append("-" if r.get("privacy") is None else f"{r['privacy']:.3g}")
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+        cells.append(row)
+    return f"### Partition view: {part['model']}\n\n" + markdown_table(head, cells) + "\n"
 
 
 def acceptance_markdown(acc: Mapping[str, Any] | None) -> str:
@@ -121,11 +125,11 @@ def acceptance_markdown(acc: Mapping[str, Any] | None) -> str:
         return "(the paper's VGG-16 224x224 was not measured in this run)\n"
     lines = [f"{acc['model']}: full model on device vs **{acc['split']}** client "
              f"(upload {acc['upload_bytes']} B per image; MACs ratio {acc['macs_ratio']:.3f}x; "
-             f"ONNX file ratio {acc['onnx_bytes_ratio']:.2f}x).", "",
-             "| runtime | memory ratio peak (steady) | load-time ratio warm, CPU / cold | latency ratio wall / CPU "
-             "| full: peak mem; load warm, cold; latency wall, CPU | split: the same "
-             "| goal (>= 3x mem, >= 5x warm load) |",
-             "|---|---|---|---|---|---|---|"]
+             f"ONNX file ratio {acc['onnx_bytes_ratio']:.2f}x).", ""]
+    head = ["runtime", "memory ratio peak (steady)", "load-time ratio warm, CPU / cold", "latency ratio wall / CPU",
+            "full: peak mem; load warm, cold; latency wall, CPU", "split: the same",
+            "goal (>= 3x mem, >= 5x warm load)"]
+    rows: list[list[str]] = []
 
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:.1f} ms"
@@ -142,12 +146,12 @@ def acceptance_markdown(acc: Mapping[str, Any] | None) -> str:
             continue
         a = acc[rt]
         f, s = a["full"], a["split"]
-        lines.append(f"| {_RT_NAMES[rt]} | {x(a['memory_ratio'])} ({x(a['steady_memory_ratio'])}) | "
-                     f"{x(a['load_ratio'])}, {x(a.get('load_cpu_ratio'))} / {x(a.get('cold_load_ratio'))} | "
-                     f"{x(a['latency_ratio'], 3)} / {x(a.get('latency_cpu_ratio'), 3)} | {side(f)} | {side(s)} | "
-                     f"{'met' if a['meets_goal'] else 'not met'} |")
-    lines.append("| paper (Caffe Mobile, Nexus 6P) | 3.18x | 6.34x | | | | |")
-    return "\n".join(lines) + "\n"
+        rows.append([_RT_NAMES[rt], f"{x(a['memory_ratio'])} ({x(a['steady_memory_ratio'])})",
+                     f"{x(a['load_ratio'])}, {x(a.get('load_cpu_ratio'))} / {x(a.get('cold_load_ratio'))}",
+                     f"{x(a['latency_ratio'], 3)} / {x(a.get('latency_cpu_ratio'), 3)}", side(f), side(s),
+                     "met" if a["meets_goal"] else "not met"])
+    rows.append(["paper (Caffe Mobile, Nexus 6P)", "3.18x", "6.34x", "", "", "", ""])
+    return "\n".join([*lines, markdown_table(head, rows)]) + "\n"
 
 
 def markdown(result: Mapping[str, Any], figures_rel: str = "figures") -> str:

@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-__all__ = ["OnnxExtractor", "make_session", "onnxruntime_available"]
+from privsplit.errors import MissingDependency
 
-_HINT = "pip install 'privsplit[edge]'  (or: pip install onnxruntime)"
+if TYPE_CHECKING:  # the device client imports this module: no bundle code at run time
+    from privsplit.defenses.bundles import ClientBundle
+
+__all__ = ["OnnxExtractor", "make_session", "onnxruntime_available"]
 
 
 def onnxruntime_available() -> bool:
+    """True when ``onnxruntime`` (the ``edge`` extra) imports."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -38,7 +42,7 @@ def make_session(path: str | Path, *, threads: int = 1, optimization: str = "all
     try:
         import onnxruntime as ort
     except ImportError:
-        raise ImportError(f"running ONNX models needs onnxruntime: {_HINT}") from None
+        raise MissingDependency("running ONNX models needs onnxruntime", extra="edge", packages=("onnxruntime",)) from None
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ONNX model not found: {path} (create it with `privsplit export CLIENT_BUNDLE "
@@ -92,18 +96,21 @@ class OnnxExtractor:
 
     @property
     def embedding_id(self) -> str | None:
+        """The embedding id stored in the ONNX metadata (checked against the bundle), if any."""
         return self.metadata.get("privsplit.embedding_id")
 
     @property
     def layer(self) -> str | None:
+        """The split layer stored in the ONNX metadata, if any."""
         return self.metadata.get("privsplit.layer")
 
     @property
     def preprocess(self) -> dict[str, Any] | None:
+        """The bundle's preprocessing stored in the ONNX metadata, as a dict, if any."""
         raw = self.metadata.get("privsplit.preprocess")
         return json.loads(raw) if raw else None
 
-    def check_bundle(self, bundle: Any) -> None:
+    def check_bundle(self, bundle: ClientBundle) -> None:
         """Raise ``BundleError`` unless this file was exported from ``bundle`` (a ``ClientBundle``)."""
         from privsplit.defenses.bundles import BundleError
 
@@ -133,6 +140,7 @@ class OnnxExtractor:
 
     # nn.Module-like no-ops so the runtime can treat it like the torch extractor
     def eval(self) -> OnnxExtractor:
+        """No-op returning ``self``, so it can stand in for a torch extractor."""
         return self
 
     def __repr__(self) -> str:

@@ -16,6 +16,7 @@ def confusion_matrix(preds: torch.Tensor, target: torch.Tensor, num_classes: int
 
 
 def accuracy(preds: torch.Tensor, target: torch.Tensor) -> float:
+    """Fraction of ``preds`` equal to ``target`` (NaN when empty)."""
     return float((preds == target).double().mean()) if target.numel() else float("nan")
 
 
@@ -33,6 +34,7 @@ def balanced_accuracy(preds: torch.Tensor, target: torch.Tensor, num_classes: in
 
 @dataclass(frozen=True)
 class ClassificationReport:
+    """Accuracy, balanced accuracy, per-class recall and the confusion matrix of ``n`` predictions."""
     n: int
     accuracy: float
     balanced_accuracy: float
@@ -40,11 +42,13 @@ class ClassificationReport:
     confusion: list[list[int]]
 
     def to_dict(self) -> dict:
+        """JSON-able form."""
         return {"n": self.n, "accuracy": self.accuracy, "balanced_accuracy": self.balanced_accuracy,
                 "per_class": self.per_class, "confusion": self.confusion}
 
 
 def classification_report(preds: torch.Tensor, target: torch.Tensor, classes: list[str]) -> ClassificationReport:
+    """All the classification figures of ``preds`` vs ``target`` at once (``classes`` names the labels)."""
     cm = confusion_matrix(preds, target, len(classes))
     recall = per_class_recall(cm)
     return ClassificationReport(
@@ -64,15 +68,18 @@ class ClassificationMetrics:
         self.reset()
 
     def reset(self) -> None:
+        """Forget every batch seen so far."""
         self._preds: list[torch.Tensor] = []
         self._target: list[torch.Tensor] = []
 
     def update(self, logits_or_preds: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch: logits ``(B, C)`` (arg-max taken) or predicted labels ``(B,)``, and the targets."""
         preds = logits_or_preds.argmax(1) if logits_or_preds.ndim == 2 else logits_or_preds
         self._preds.append(preds.detach().cpu())
         self._target.append(target.detach().cpu())
 
     def compute(self) -> ClassificationReport:
+        """The report over everything passed to :meth:`update` since the last :meth:`reset`."""
         if not self._preds:
             raise RuntimeError("ClassificationMetrics.compute() called before update()")
         return classification_report(torch.cat(self._preds), torch.cat(self._target), self.classes)

@@ -22,6 +22,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from privsplit.errors import MissingDependency
+
 __all__ = ["ssim", "psnr"]
 
 Reduction = Literal["none", "mean"]
@@ -32,8 +34,7 @@ def _functional():
     try:
         from torchmetrics.functional import image as tmf
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("SSIM/PSNR need torchmetrics: pip install 'privsplit[attacks]' "
-                          "(or pip install torchmetrics)") from exc
+        raise MissingDependency("SSIM/PSNR need torchmetrics", extra="attacks", packages=("torchmetrics",)) from exc
     return tmf
 
 

@@ -47,7 +47,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from collections.abc import Hashable
+from typing import Any, Literal, Sequence, TypeAlias
 
 import numpy as np
 import torch
@@ -62,6 +63,8 @@ __all__ = [
 ]
 
 Level = Literal["class", "sample"]
+#: class labels of the feature rows: a tensor or array of labels, any sequence of hashable labels, or ``None``
+Labels: TypeAlias = "Tensor | np.ndarray | Sequence[Hashable] | None"
 _Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
@@ -183,7 +186,7 @@ def _ranks_from_scores(scores: Tensor, true_rows: Tensor) -> Tensor:
 
 
 # -------------------------------------------------------------------------------------- public API
-def rank_privacy(features: Tensor, classes: Any = None, *, sigma: float | Tensor | Sequence[float],
+def rank_privacy(features: Tensor, classes: Labels = None, *, sigma: float | Tensor | Sequence[float],
                  noise: Tensor | None = None, generator: torch.Generator | None = None,
                  level: Level = "class", log: bool = False, chunk_size: int = 1024) -> RankPrivacyResult:
     """Rank privacy (Osia et al. 2017, IV-C), exact, chunked over query points.
@@ -236,7 +239,7 @@ def rank_privacy(features: Tensor, classes: Any = None, *, sigma: float | Tensor
     return _finish(ranks, t, level, log)
 
 
-def rank_privacy_naive(features: Tensor, classes: Any = None, *, sigma: float | Tensor | Sequence[float],
+def rank_privacy_naive(features: Tensor, classes: Labels = None, *, sigma: float | Tensor | Sequence[float],
                        noise: Tensor | None = None, generator: torch.Generator | None = None,
                        level: Level = "class", log: bool = False) -> RankPrivacyResult:
     """Direct implementation of eqs. 2-4 (test reference only).
@@ -268,7 +271,7 @@ def rank_privacy_naive(features: Tensor, classes: Any = None, *, sigma: float | 
     return _finish(ranks.to(f.device), t, level, log)
 
 
-def primary_label_ceiling(classes: Any, primary: Any, *, log: bool = False) -> float:
+def primary_label_ceiling(classes: Labels, primary: Labels, *, log: bool = False) -> float:
     """Rank privacy of an attacker who only knows each point's primary label (e.g. gender).
 
     Such an attacker ranks all classes carrying the point's primary label first, in uniformly random
@@ -328,11 +331,13 @@ class RankPrivacy:
         self.reset()
 
     def reset(self) -> None:
+        """Forget every batch seen so far."""
         self._features: list[Tensor] = []
         self._classes: list[np.ndarray] = []
         self._noise: list[Tensor | None] = []
 
-    def update(self, features: Tensor, classes: Any = None, noise: Tensor | None = None) -> None:
+    def update(self, features: Tensor, classes: Labels = None, noise: Tensor | None = None) -> None:
+        """Add a batch of features ``(B, d)`` with their classes (class level) and the noise drawn, if known."""
         feats = torch.as_tensor(features).detach()
         if feats.dim() != 2:
             raise ValueError(f"features must be (B, d), got shape {tuple(feats.shape)}")
@@ -358,9 +363,11 @@ class RankPrivacy:
 
     @property
     def num_points(self) -> int:
+        """Feature rows accumulated so far."""
         return sum(int(x.shape[0]) for x in self._features)
 
     def compute(self) -> RankPrivacyResult:
+        """The rank privacy of everything passed to :meth:`update` (see :func:`rank_privacy`)."""
         if not self._features:
             raise RuntimeError("compute() called before update()")
         feats = torch.cat(self._features)

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from privsplit.metrics.intervals import cluster_bootstrap_ci
-from privsplit.metrics.rank import _encode_labels, _ranks_from_scores, _sigma_vector
+from privsplit.metrics.rank import Labels, _encode_labels, _ranks_from_scores, _sigma_vector
 
 __all__ = ["EnrolmentRankPrivacy", "enrolment_rank_privacy", "enrolment_rank_privacy_naive"]
 
@@ -91,7 +91,7 @@ def _finish(ranks: Tensor, groups: Tensor, rows: Tensor, t: int, log: bool, seed
     return EnrolmentRankPrivacy(float(per_point.mean()), ci, ranks, per_point, rows, groups, t, len(ranks), log)
 
 
-def enrolment_rank_privacy(references: Tensor, ref_classes: Any, queries: Tensor, query_classes: Any, *,
+def enrolment_rank_privacy(references: Tensor, ref_classes: Labels, queries: Tensor, query_classes: Labels, *,
                            sigma: float | Tensor | Sequence[float], per_identity: int | None = None,
                            log: bool = False, seed: int = 0, n_boot: int = 2000,
                            chunk_size: int = 1024) -> EnrolmentRankPrivacy:
@@ -121,7 +121,7 @@ def enrolment_rank_privacy(references: Tensor, ref_classes: Any, queries: Tensor
     return _finish(ranks, qc, rows, t, log, seed, n_boot)
 
 
-def enrolment_rank_privacy_naive(references: Tensor, ref_classes: Any, queries: Tensor, query_classes: Any, *,
+def enrolment_rank_privacy_naive(references: Tensor, ref_classes: Labels, queries: Tensor, query_classes: Labels, *,
                                  sigma: float | Tensor | Sequence[float], per_identity: int | None = None,
                                  log: bool = False, seed: int = 0, n_boot: int = 2000) -> EnrolmentRankPrivacy:
     """Slow twin of :func:`enrolment_rank_privacy` (explicit normalised densities, a loop over queries);

@@ -11,7 +11,15 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported where used: a stage that does not train loads no training code
+    from privsplit.attacks.data import AttackData
+    from privsplit.train.artifacts import ModelArtifact
+    from privsplit.train.run import PreparedData
+
+#: what a stage returns: JSON-able rows or a summary dict (written to the run's results)
+StageResult = dict[str, Any] | list[dict[str, Any]]
 
 __all__ = ["Context", "Stage", "write_rows"]
 
@@ -24,13 +32,14 @@ class Context:
     out: Path
     results: dict[str, Any]
     config_path: str | None = None
-    _run: tuple[Any, Any] | None = None
+    _run: tuple[ModelArtifact, PreparedData] | None = None
 
     @property
     def run_dir(self) -> Path:
+        """Folder of the trained model of this reproduction."""
         return self.out / "model"
 
-    def run(self) -> tuple[Any, Any]:
+    def run(self) -> tuple[ModelArtifact, PreparedData]:
         """The trained model artifact and its data with the saved splits (loaded once)."""
         if self._run is None:
             from privsplit.train.run import load_run
@@ -38,7 +47,8 @@ class Context:
             self._run = load_run(self.run_dir, progress=False)
         return self._run
 
-    def attack_data(self) -> Any:
+    def attack_data(self) -> AttackData:
+        """The attack split of the trained run, drawn with the config's enrolment settings."""
         from privsplit.attacks.data import attack_data
 
         _, p = self.run()
@@ -46,6 +56,7 @@ class Context:
                            seed=self.cfg["seed"], group=self.cfg.get("attack_group"))
 
     def figure(self, name: str) -> Path:
+        """Path of figure ``name`` under the output's ``figures/`` folder (created)."""
         (self.out / "figures").mkdir(parents=True, exist_ok=True)
         return self.out / "figures" / name
 
@@ -55,7 +66,7 @@ class Stage:
     """One resumable step of the run (train, embeddings, ...): what it runs and what its result depends on."""
 
     name: str
-    run: Callable[[Context], Any]
+    run: Callable[[Context], StageResult]
     minutes: Callable[[dict[str, Any]], float]  # rough estimate on a 2-core machine, shown before the stage
     keys: tuple[str, ...] = ()  # config keys the stage depends on (with its upstream stages' hashes)
 

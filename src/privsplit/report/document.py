@@ -7,33 +7,35 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from privsplit.markdown import markdown_table
+
 __all__ = ["Document", "markdown_table"]
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 @dataclass
 class Document:
+    """A report as a list of blocks (headings, paragraphs, tables, figures), rendered to markdown and HTML."""
     title: str
     blocks: list[tuple] = field(default_factory=list)
 
     def heading(self, text: str) -> None:
+        """Add a section heading."""
         self.blocks.append(("h2", text))
 
     def para(self, text: str) -> None:
+        """Add a paragraph."""
         self.blocks.append(("p", text))
 
     def table(self, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+        """Add a table."""
         self.blocks.append(("table", list(headers), [list(r) for r in rows]))
 
     def figure(self, path: str | Path, caption: str) -> None:
+        """Add a figure (inlined in the HTML) with its caption."""
         self.blocks.append(("img", Path(path), caption))
 
     def markdown(self, base: Path) -> str:
+        """The document as markdown, figure paths relative to ``base``."""
         out = [f"# {self.title}", ""]
         for block in self.blocks:
             kind = block[0]
@@ -48,6 +50,7 @@ class Document:
         return "\n".join(out)
 
     def html(self) -> str:
+        """The document as one self-contained HTML page (figures inlined as base64)."""
         esc = html.escape
         out = ["<!doctype html><html><head><meta charset='utf-8'>", f"<title>{esc(self.title)}</title>",
                "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}"
@@ -72,6 +75,7 @@ class Document:
         return "\n".join(out)
 
     def write(self, folder: Path, stem: str = "report") -> tuple[Path, Path]:
+        """Write ``stem.md`` and ``stem.html`` into ``folder``; returns both paths."""
         md, page = folder / f"{stem}.md", folder / f"{stem}.html"
         md.write_text(self.markdown(folder))
         page.write_text(self.html())

@@ -5,7 +5,8 @@ Everything here composes library pieces (embeddings, attacks, metrics) and retur
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,11 +15,14 @@ from privsplit.attacks.common import clean_features
 from privsplit.attacks.data import AttackData, identity_attacks
 from privsplit.attacks.transfer import TransferConfig
 from privsplit.data.faces import FaceData
-from privsplit.defenses.build import PAPER_DIMS, SiameseConfig, build_embedding, cached_siamese
+from privsplit.defenses.build import SiameseConfig, build_embedding, cached_siamese
 from privsplit.defenses.embedding import Embedding
+from privsplit.models.presets import paper_dim
 from privsplit.defenses.noise import GaussianNoise
 from privsplit.metrics.rank import primary_label_ceiling, rank_privacy
+from privsplit.train.artifacts import ModelArtifact
 from privsplit.train.loops import evaluate
+from privsplit.train.run import PreparedData
 
 __all__ = ["rank_privacy_of", "noise_tradeoff", "embedding_table",
            "EMBEDDING_TABLE_KINDS"]
@@ -75,9 +79,9 @@ def noise_tradeoff(embedding: Embedding, sigmas: Sequence[float], *, test: FaceD
     return rows
 
 
-def embedding_table(run: Any, art: Any, prepared: Any, *, layers: Sequence[str], data: AttackData,
+def embedding_table(run: str | Path, art: ModelArtifact, prepared: PreparedData, *, layers: Sequence[str], data: AttackData,
                     siamese: SiameseConfig, transfer: TransferConfig | None,
-                    on_row: Any = None, audit: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                    on_row: Callable[[dict[str, Any]], None] | None = None, audit: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Table I/II and Fig. 9/12a rows: primary accuracy and identity attacks per embedding and layer.
 
     ``run`` is the run folder (the Siamese fine-tuned models are cached there). ``audit`` (options of
@@ -90,10 +94,10 @@ def embedding_table(run: Any, art: Any, prepared: Any, *, layers: Sequence[str],
         tuned = cached_siamese(run, art, prepared.train, layer=layer, cfg=siamese)
         for kind in EMBEDDING_TABLE_KINDS:
             emb = build_embedding(kind, art.model, layer=layer, train=prepared.train, column=art.primary,
-                                  dim=PAPER_DIMS.get(layer, 8), tuned=tuned, progress=False)
+                                  dim=paper_dim(layer), tuned=tuned, progress=False)
             rep = evaluate(emb, prepared.test, column=art.primary)
             row = {"accuracy": rep.accuracy, "balanced_accuracy": rep.balanced_accuracy,
-                   "dim": PAPER_DIMS.get(layer, 8) if "reduced" in kind else None}
+                   "dim": paper_dim(layer) if "reduced" in kind else None}
             row.update(identity_attacks(emb, data, primary=art.primary, transfer=transfer, name=kind))
             if audit is not None:
                 row.update(audit_row(emb, data.all, primary=art.primary, **audit))

@@ -148,6 +148,7 @@ def _cost(doc: Document, ctx: Context) -> None:
 
 
 def render_report(ctx: Context) -> tuple[Path, Path]:
+    """Write the reproduction report (markdown + HTML) from the stages' results; returns both paths."""
     art, _ = ctx.run()
     label = art.manifest["dataset"]["label"]
     doc = Document(f"privsplit reproduction on {label}{' (quick)' if ctx.cfg['quick'] else ''}")

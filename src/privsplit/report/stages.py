@@ -137,8 +137,8 @@ def _reconstruction(ctx: Context) -> list[dict[str, Any]]:
 
 
 def _cost(ctx: Context) -> dict[str, Any]:
-    from privsplit.defenses.build import PAPER_DIMS
     from privsplit.edge.cost import ModelSpec, acceptance, run_cost
+    from privsplit.models.presets import default_split_layer, paper_dim
 
     c = ctx.cfg
     models = [ModelSpec.parse(m) for m in c.get("cost_models", [])]
@@ -148,9 +148,9 @@ def _cost(ctx: Context) -> dict[str, Any]:
               if r["embedding"] == "simple"}
     result = run_cost(models, ctx.out / "cost", runs=c.get("cost_runs", 60), figures=ctx.out / "figures",
                       privacy={c["arch"]: simple} if simple else None, seed=c["seed"])
-    split = {"vgg16": "conv5_3", "vgg_s": "conv5"}
+    split = {m.arch: default_split_layer(m.arch) for m in models}
     ratios = {m.label: acceptance(result, model_key=m.key,
-                                  split_key=f"{split[m.arch]}-reduced{PAPER_DIMS[split[m.arch]]}") for m in models}
+                                  split_key=f"{split[m.arch]}-reduced{paper_dim(split[m.arch])}") for m in models}
     return {"ratios": ratios, "figures": result.get("figures"),
             "configs": [{"model": r["model"], "config": r["config"], "upload_bytes": r["upload_bytes"],
                          "macs": r["macs"], "onnx_bytes": r["onnx_bytes"], "load_ms": r["onnx"]["load_ms"],

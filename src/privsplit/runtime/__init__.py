@@ -15,8 +15,7 @@ Nothing here imports training, attack or report code.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from privsplit.lazy import lazy_exports
 
 _EXPORTS = {
     "Client": "client", "ClientError": "client", "ServerUnavailable": "client", "Prediction": "client",
@@ -29,9 +28,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"privsplit.runtime.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'privsplit.runtime' has no attribute '{name}'")
+__getattr__, __dir__ = lazy_exports(__name__, {name: f".{mod}" for name, mod in _EXPORTS.items()})

@@ -87,6 +87,7 @@ class MicroBatcher:
 
     @property
     def running(self) -> bool:
+        """True while the worker thread runs and the batcher is not closed."""
         return self._thread is not None and self._thread.is_alive() and not self._closed
 
     def __enter__(self) -> MicroBatcher:

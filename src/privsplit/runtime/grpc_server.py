@@ -160,6 +160,7 @@ class GrpcServer:
 
     @property
     def target(self) -> str:
+        """``host:port`` the server listens on."""
         return f"{self.host}:{self.port}"
 
     async def _main(self, started: threading.Event, errors: list[BaseException]) -> None:

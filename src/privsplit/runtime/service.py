@@ -120,6 +120,7 @@ class AnalyzerService:
 
     @property
     def ready(self) -> bool:
+        """True while the service can answer (its batcher is running)."""
         return self.batcher.running
 
     # ------------------------------------------------------------------ model and metadata
@@ -148,6 +149,7 @@ class AnalyzerService:
 
     @staticmethod
     def server_metadata() -> ServerMetadata:
+        """The OIP v2 server metadata (name, version, extensions)."""
         return ServerMetadata(SERVER_NAME, __version__, list(EXTENSIONS))
 
     # ------------------------------------------------------------------ validation
@@ -183,6 +185,7 @@ class AnalyzerService:
                                     f"[N, {', '.join(map(str, self.input_shape))}] with N >= 1")
 
     def check_outputs(self, names: list[str]) -> None:
+        """``ServiceError`` 400 for a requested output this model does not have."""
         for name in names:
             if name not in OUTPUT_NAMES:
                 raise ServiceError(400, f"unknown output {name!r}; model {self.model_name!r} has outputs "
