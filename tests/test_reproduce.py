@@ -17,6 +17,9 @@ epochs = 1
 layers = ["conv5_3"]
 siamese_epochs = 1
 attack_epochs = 1
+attack_restarts = 1
+audit_seeds = 1
+audit_options = { metric = { epochs = 2 } }
 per_identity = 20
 n_train = 15
 tradeoff_layers = ["conv5_3"]

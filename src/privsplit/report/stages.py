@@ -56,18 +56,26 @@ def _audit_options(ctx: Context) -> dict[str, Any] | None:
         return None
     _, p = ctx.run()
     return {"aux": p.train, "group": c.get("attack_group"), "profile": profile, "seeds": c.get("audit_seeds", 1),
-            "n_enrol": c["n_train"]}
+            "n_enrol": c["n_train"], "options": c.get("audit_options") or None}
+
+
+def _transfer_cfg(c: dict[str, Any]) -> Any:
+    """The transfer attack of the report tables: ``attack_epochs`` per member, ``attack_restarts`` (default
+    the attack's own 3) members per head; a config states its budget, the attack never cuts it silently."""
+    from privsplit.attacks.transfer import TransferConfig
+
+    extra = {"restarts": c["attack_restarts"]} if "attack_restarts" in c else {}
+    return TransferConfig(epochs=c["attack_epochs"], seed=c["seed"], **extra)
 
 
 def _embeddings(ctx: Context) -> list[dict[str, Any]]:
-    from privsplit.attacks.transfer import TransferConfig
     from privsplit.report.experiments import embedding_table
     from privsplit.report.plots import plot_attack_bars
 
     c = ctx.cfg
     art, p = ctx.run()
     rows = embedding_table(ctx.run_dir, art, p, layers=c["layers"], data=ctx.attack_data(), siamese=_siamese_cfg(c),
-                           transfer=TransferConfig(epochs=c["attack_epochs"], seed=c["seed"]), audit=_audit_options(ctx))
+                           transfer=_transfer_cfg(c), audit=_audit_options(ctx))
     write_rows(ctx.figure("embeddings"), rows)
     plot_attack_bars(rows, ctx.figure("fig_transfer_attack.png"),
                      title=f"Identity transfer attack on {art.manifest['dataset']['label']}")
@@ -75,7 +83,6 @@ def _embeddings(ctx: Context) -> list[dict[str, Any]]:
 
 
 def _tradeoff(ctx: Context) -> list[dict[str, Any]]:
-    from privsplit.attacks.transfer import TransferConfig
     from privsplit.defenses.build import build_embedding, cached_siamese
     from privsplit.report.experiments import noise_tradeoff
     from privsplit.report.plots import plot_tradeoff
@@ -83,7 +90,7 @@ def _tradeoff(ctx: Context) -> list[dict[str, Any]]:
     c = ctx.cfg
     art, p = ctx.run()
     data = ctx.attack_data()
-    transfer = TransferConfig(epochs=c["attack_epochs"], seed=c["seed"]) if c["tradeoff_transfer"] else None
+    transfer = _transfer_cfg(c) if c["tradeoff_transfer"] else None
     rows: list[dict[str, Any]] = []
     for layer in c["tradeoff_layers"]:
         tuned = cached_siamese(ctx.run_dir, art, p.train, layer=layer, cfg=_siamese_cfg(c))
@@ -171,11 +178,11 @@ STAGES: list[Stage] = [
            "backbone_epochs", "finetune_epochs", "finetune_lr")),
     Stage("embeddings", _embeddings,
           lambda c: len(c["layers"]) * (c["siamese_epochs"] * _estimate_epoch_s(c) + 4 * 60) / 60,
-          ("layers", "siamese_epochs", "attack_epochs", "per_identity", "n_train", "attack_group", "seed",
-           "audit_profile", "audit_seeds")),
+          ("layers", "siamese_epochs", "attack_epochs", "attack_restarts", "per_identity", "n_train", "attack_group",
+           "seed", "audit_profile", "audit_seeds", "audit_options")),
     Stage("tradeoff", _tradeoff, lambda c: len(c["tradeoff_layers"]) * 2 * len(c["sigmas"]) * 10 / 60,
           ("tradeoff_layers", "sigmas", "tradeoff_transfer", "siamese_epochs", "attack_epochs", "per_identity",
-           "n_train", "attack_group", "seed", "audit_seeds")),
+           "n_train", "attack_group", "seed", "audit_seeds", "audit_options", "attack_restarts")),
     Stage("reconstruction", _reconstruction, lambda c: 3 * c.get("recon_epochs", 0) * _estimate_epoch_s(c) / 60,
           ("layers", "siamese_epochs", "recon_epochs", "recon_sigma", "seed")),
     Stage("cost", _cost, lambda c: 2 + 10 * sum(":224" in m for m in c.get("cost_models", [])),
