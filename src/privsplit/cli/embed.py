@@ -24,6 +24,8 @@ def embed(
     dim: int = typer.Option(None, help="Reduced dimension (default: the paper's 8/6/4 for conv5_1/2/3, 10 for conv5)."),
     noise: float = typer.Option(0.5, help="Noise sigma for noisy embeddings, in units of each feature's std."),
     noise_scale: str = typer.Option("std", help="std | isotropic"),
+    noise_mode: str = typer.Option("fresh", help="fresh (new noise every call) | keyed (same photo -> same noise, "
+                                   "so repeated sends cannot average it away; see docs/keyed_noise.md)"),
     reduction: str = typer.Option("pca", help="pca | autoencoder"),
     siamese_epochs: int = typer.Option(2, min=1),
     siamese_weight: float = typer.Option(1.0, help="Weight of the contrastive term."),
@@ -39,7 +41,8 @@ def embed(
     tuned = cached_siamese(run, art, p.train, layer=layer, cfg=cfg) if EMBEDDINGS.get(kind, EMBEDDINGS["simple"]).siamese \
         else None
     emb = build_embedding(kind, art.model, layer=layer, train=p.train, column=art.primary, dim=dim, sigma=noise,
-                          scale=noise_scale, reduction=reduction, tuned=tuned)
+                          scale=noise_scale, reduction=reduction, tuned=tuned,
+                          noise_mode=noise_mode)
     rows = {"test (held-out identities)": evaluate(emb, p.test, column=art.primary).to_dict()}
     if len(p.attack):
         rows["attack identities"] = evaluate(emb, p.attack, column=art.primary).to_dict()

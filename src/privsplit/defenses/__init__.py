@@ -12,13 +12,14 @@ from privsplit.defenses.bundles import (
 )
 from privsplit.defenses.embedding import EMBEDDINGS, Embedding, EmbeddingKind, embedding_kind
 from privsplit.defenses.noise import GaussianNoise, NoNoise, add_noise, noise_from_spec
+from privsplit.defenses.keyed import FileKeyStore, KeyedGaussianNoise, MemoryKeyStore  # registers "keyed-gaussian"
 from privsplit.defenses.reduction import Reduction, build_reduction, fit_reduction
 
 _LAZY = {"build_embedding", "siamese_finetune", "cached_siamese", "extract_features", "SiameseConfig", "PAPER_DIMS"}
 
 __all__ = ["BundleError", "ClientBundle", "ServerBundle", "check_pair", "embedding_from_bundles", "load_client_bundle", "load_server_bundle",
            "save_bundles", "EMBEDDINGS", "Embedding", "EmbeddingKind", "embedding_kind", "GaussianNoise", "NoNoise",
-           "add_noise", "noise_from_spec", "Reduction", "build_reduction", "fit_reduction", *sorted(_LAZY)]
+           "add_noise", "noise_from_spec", "KeyedGaussianNoise", "FileKeyStore", "MemoryKeyStore", "Reduction", "build_reduction", "fit_reduction", *sorted(_LAZY)]
 
 
 def __getattr__(name: str) -> Any:
