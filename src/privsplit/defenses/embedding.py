@@ -36,6 +36,16 @@ EMBEDDINGS: dict[str, EmbeddingKind] = {k.name: k for k in (
     EmbeddingKind("reduced-siamese", siamese=True, reduced=True, noisy=False),
     EmbeddingKind("noisy-reduced-simple", siamese=False, reduced=True, noisy=True),
     EmbeddingKind("advanced", siamese=True, reduced=True, noisy=True),
+    # defences and baselines of privsplit.defenses.zoo (built there; listed here so bundles load without it)
+    EmbeddingKind("nopeek", siamese=False, reduced=False, noisy=False),
+    EmbeddingKind("adversarial", siamese=False, reduced=False, noisy=False),
+    EmbeddingKind("siamese-adversarial", siamese=True, reduced=False, noisy=False),
+    EmbeddingKind("gaussian-split", siamese=False, reduced=False, noisy=True),
+    EmbeddingKind("learned-noise", siamese=False, reduced=False, noisy=True),
+    EmbeddingKind("calibrated-noise", siamese=True, reduced=True, noisy=True),
+    EmbeddingKind("blur", siamese=False, reduced=False, noisy=False),
+    EmbeddingKind("pixelate", siamese=False, reduced=False, noisy=False),
+    EmbeddingKind("send-image", siamese=False, reduced=False, noisy=False),
 )}
 
 
