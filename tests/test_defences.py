@@ -130,3 +130,16 @@ def test_calibration_sigma_grows_as_the_target_tightens() -> None:
     assert sigmas[0] < sigmas[1] < sigmas[2], sigmas
     assert not calibrate_sigma(Emb(GaussianNoise(sigma=1.0)), privacy, target=1.1, hi=2.0).met
     assert list(validation_identities(["a", "a", "b", "a"], min_images=3)) == [0, 1, 3]
+
+
+def test_demo_builds_a_zoo_defence_and_refuses_the_others(setup) -> None:
+    from types import SimpleNamespace
+
+    from privsplit.cli.demo import _defence
+
+    model, faces = setup
+    art, p = SimpleNamespace(model=model, primary="gender"), SimpleNamespace(train=faces)
+    emb = _defence("gaussian-split", 1.0, art, p, LAYER)
+    assert emb.kind == "gaussian-split" and emb.noise.sigma == 1.0
+    with pytest.raises(ValueError, match="not a demo defence"):
+        _defence("send-image", None, art, p, LAYER)
