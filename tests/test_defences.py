@@ -143,3 +143,16 @@ def test_demo_builds_a_zoo_defence_and_refuses_the_others(setup) -> None:
     assert emb.kind == "gaussian-split" and emb.noise.sigma == 1.0
     with pytest.raises(ValueError, match="not a demo defence"):
         _defence("send-image", None, art, p, LAYER)
+
+
+def test_zoo_embeddings_export_and_reload_as_bundles(setup, tmp_path) -> None:
+    from privsplit.defenses import build_embedding, embedding_from_bundles, load_client_bundle, load_server_bundle, save_bundles
+
+    model, faces = setup
+    emb = build_defence("gaussian-split", model, layer=LAYER, train=faces, column="gender", knob=0.5)
+    c, s = save_bundles(emb, tmp_path / "b", config=model.config, preprocess=faces.preprocess, classes=["F", "M"],
+                        primary="gender")
+    back = embedding_from_bundles(load_client_bundle(c), load_server_bundle(s))
+    assert back.kind == "gaussian-split" and torch.equal(back.noise.std, emb.noise.std)
+    with pytest.raises(ValueError, match="build_defence"):
+        build_embedding("nopeek", model, layer=LAYER, train=faces, column="gender")

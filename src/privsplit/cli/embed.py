@@ -7,6 +7,7 @@ import typer
 
 from privsplit.cli.common import console, friendly_errors, report_table
 from privsplit.defenses import EMBEDDINGS, save_bundles
+from privsplit.defenses.embedding import ZOO_KINDS
 from privsplit.defenses.build import PAPER_DIMS, SiameseConfig, build_embedding, cached_siamese
 from privsplit.defenses.zoo import DEFENCES
 from privsplit.train.loops import TrainConfig, evaluate
@@ -20,8 +21,8 @@ def register(app: typer.Typer) -> None:
 @friendly_errors
 def embed(
     run: Path = typer.Argument(..., help="Run folder written by `privsplit train`."),
-    kind: str = typer.Option("advanced", help=" | ".join(EMBEDDINGS) + " (the paper's, and the defences of "
-                             "privsplit.defenses.zoo: see docs/defences.md)"),
+    kind: str = typer.Option("advanced", help=" | ".join([*EMBEDDINGS, *ZOO_KINDS]) + " (the paper's, then the "
+                             "defences of privsplit.defenses.zoo: see docs/defences.md)"),
     knob: float = typer.Option(None, help="The main knob of a zoo defence (nopeek/adversarial weight, gaussian-split "
                                "sigma, blur radius, ...; default: its middle sweep value)."),
     layer: str = typer.Option("conv5_3", help="Split layer (see `privsplit train` output for the list)."),

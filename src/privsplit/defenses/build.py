@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from privsplit.data.faces import FaceData
-from privsplit.defenses.embedding import Embedding, embedding_kind
+from privsplit.defenses.embedding import EMBEDDINGS, Embedding, embedding_kind
 from privsplit.defenses.keyed import KeyedGaussianNoise
 from privsplit.defenses.noise import GaussianNoise
 from privsplit.defenses.reduction import fit_reduction
@@ -119,6 +119,8 @@ def build_embedding(kind: str, model: nn.Sequential, *, layer: str, train: FaceD
     if noise_mode not in NOISE_MODES:
         raise ValueError(f"noise_mode must be one of {sorted(NOISE_MODES)}, got {noise_mode!r}")
     spec = embedding_kind(kind)
+    if kind not in EMBEDDINGS:
+        raise ValueError(f"'{kind}' is a defence of privsplit.defenses.zoo: build it with build_defence('{kind}', ...)")
     if spec.noisy and sigma < 0:
         raise ValueError(f"sigma={sigma} must be >= 0")
     source = model
