@@ -170,3 +170,18 @@ def test_client_with_keyed_bundle_repeats_identically(tmp_path) -> None:
                                     tmp_path / "f", config=model.config, preprocess=faces.preprocess,
                                     classes=["F", "M"], primary="gender")
         Client(fresh_dir, "http://127.0.0.1:9", key_store=MemoryKeyStore())
+
+
+def test_audit_reseeding_keeps_the_keyed_kind() -> None:
+    from privsplit.audit.run import _seeded
+
+    class Emb(nn.Module):
+        def __init__(self, noise: nn.Module) -> None:
+            super().__init__()
+            self.noise = noise
+
+        def with_noise(self, noise: nn.Module) -> "Emb":
+            return Emb(noise)
+
+    view = _seeded(Emb(KeyedGaussianNoise(sigma=0.5)), 3)
+    assert isinstance(view.noise, KeyedGaussianNoise) and view.noise.deterministic and view.noise.identical_repeats

@@ -16,6 +16,9 @@ Where the randomness comes from (the choices made, and why)
   bits of its seed (``manual_seed(s)`` and ``manual_seed(s + 2**32)`` give the same stream), and a 2^32
   search over seeds would let an adversary subtract the noise from the features it sees. The cost is
   small: reduced features are a few numbers per image.
+* **Keyed mode** (:mod:`privsplit.defenses.keyed`, noise kind ``"keyed-gaussian"``): the device derives
+  the normals from HMAC-SHA256 under a secret device key and the photo's hash, so repeated sends of one
+  photo carry identical noise and cannot be averaged; same sigma/scale/std semantics as here.
 * **Deterministic mode** (``deterministic=True, seed=...``; tests and reproducible experiments only):
   a private CPU ``torch.Generator`` seeded once; successive calls continue one reproducible sequence
   (``reset()`` restarts it). The seed is never part of :meth:`GaussianNoise.spec`, and
