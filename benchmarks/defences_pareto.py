@@ -116,9 +116,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5))
-    for name in dict.fromkeys(r["defence"] for r in rows):
+    for i, name in enumerate(dict.fromkeys(r["defence"] for r in rows)):
         pts = [r for r in rows if r["defence"] == name]
-        ax.errorbar([r["top1"] for r in pts], [r["accuracy"] for r in pts], marker="o", capsize=2,
+        ax.errorbar([r["top1"] for r in pts], [r["accuracy"] for r in pts], marker="os^D"[i % 4], capsize=2,
+                    color=plt.cm.tab20(i % 20),
                     xerr=[[r["top1"] - r["ci"][0] for r in pts], [r["ci"][1] - r["top1"] for r in pts]], label=name)
     ax.axvline(rows[0]["floor"], ls="--", c="k", lw=1, label="primary-label floor")
     ax.axvline(1.25 * rows[0]["floor"], ls=":", c="g", lw=1, label="goal 1.25x floor")
