@@ -112,7 +112,7 @@ def test_fit_scale_and_spec_round_trip():
 
 
 def test_registry_and_none():
-    assert available_noises() == ["gaussian", "none"]
+    assert available_noises() == ["gaussian", "keyed-gaussian", "none"]
     none = build_noise("none")
     x = torch.randn(2, 3)
     assert isinstance(none, NoNoise) and none(x) is x

@@ -138,12 +138,17 @@ class IdentityAttack(Attack):
         identity. ``repeats`` says how many noisy copies were averaged into each row (noise-aware attacks
         shrink the noise variance by it)."""
 
+    def effective_repeats(self, repeats: int) -> int:
+        """Independent noise draws in ``repeats`` sends of one photo: ``repeats`` for fresh noise, 1 when the
+        noise says repeats are identical (keyed noise, :mod:`privsplit.defenses.keyed`)."""
+        return 1 if getattr(self.embedding.noise, "identical_repeats", False) else int(repeats)
+
     @torch.no_grad()
     def received(self, data: FaceData, *, repeats: int = 1) -> Tensor:
-        """What the server holds for ``data``: each image sent ``repeats`` times (fresh device noise each
-        time, as today's client does), averaged."""
+        """What the server holds for ``data``: each image sent ``repeats`` times, averaged. Fresh device noise
+        gives independent draws; keyed noise gives the same draw every time (so the average is one draw)."""
         clean = clean_features(self.embedding, data)[0]
-        return torch.stack([self.embedding.noise(clean) for _ in range(repeats)]).mean(0)
+        return torch.stack([self.embedding.noise(clean) for _ in range(self.effective_repeats(repeats))]).mean(0)
 
     def targets(self, data: FaceData, column: str) -> Tensor:
         """Score-column index of each row's identity; an identity never enrolled is an error."""
@@ -161,7 +166,7 @@ class IdentityAttack(Attack):
         if not self.classes:
             raise RuntimeError(f"call fit() before evaluate() on the {self.name} attack")
         y = self.targets(test, column)
-        scores = self.score(self.received(test, repeats=repeats), repeats=repeats)
+        scores = self.score(self.received(test, repeats=repeats), repeats=self.effective_repeats(repeats))
         if per_user > 1:
             scores, y, first = combine_evidence(scores, y, per_user, seed=self.seed)
             test = test.subset(first)

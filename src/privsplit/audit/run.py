@@ -78,10 +78,11 @@ def load_target(target: Embedding | str | Path) -> tuple[Embedding, dict[str, An
 
 
 def _seeded(embedding: Any, seed: int) -> Any:
-    """The embedding with reproducible device noise (same sigma/scale/std) drawn from ``seed``."""
+    """The embedding with reproducible device noise (same kind, sigma/scale/std) drawn from ``seed``; the kind is
+    kept so keyed noise still tells the attacks that repeats of one photo are identical."""
     noise = getattr(embedding, "noise", None)
     if isinstance(noise, GaussianNoise) and noise.sigma > 0 and hasattr(embedding, "with_noise"):
-        return embedding.with_noise(GaussianNoise(sigma=noise.sigma, scale=noise.scale, std=noise.std,
+        return embedding.with_noise(type(noise)(sigma=noise.sigma, scale=noise.scale, std=noise.std,
                                                   deterministic=True, seed=seed))
     return embedding
 

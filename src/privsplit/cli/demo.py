@@ -34,6 +34,9 @@ def demo(
     epochs: int = typer.Option(None, min=1, help="Primary training epochs (default: 4)."),
     layer: str = typer.Option("conv5_3"),
     noise: float = typer.Option(0.5, help="Noise sigma of the advanced embedding (units of feature std)."),
+    defence: str = typer.Option(None, help="Also build and audit this defence of the zoo (e.g. gaussian-split, "
+                                "nopeek, adversarial; docs/defences.md) and test it against simple."),
+    knob: float = typer.Option(None, help="The defence's main knob (default: its middle sweep value)."),
 ) -> None:
     """Train, embed, serve, infer through the client, attack: the whole pipeline in a few minutes."""
     from privsplit.defenses.bundles import load_client_bundle, save_bundles
@@ -65,6 +68,8 @@ def demo(
         train=TrainConfig(epochs=budget["siamese_epochs"], lr=5e-4, warmup_fraction=0.0)))
     embs = {kind: build_embedding(kind, art.model, layer=layer, train=p.train, column=art.primary, sigma=noise,
                                   tuned=tuned, progress=False) for kind in ("simple", "advanced")}
+    if defence:
+        embs[defence] = _defence(defence, knob, art, p, layer)
     client_dir, server_dir = save_bundles(embs["advanced"], out / "bundles" / f"advanced-{layer}", config=art.config,
                                           preprocess=art.preprocess, classes=art.classes, primary=art.primary,
                                           info={"run": str(out)}, backbone=art.manifest.get("backbone"))
@@ -88,7 +93,7 @@ def demo(
     for kind, r in rows.items():
         r["accuracy"] = evaluate(embs[kind], p.test, column=art.primary).accuracy
     console.print(_summary(rows, art, layer))
-    verdict = _verdict(reports)
+    verdict = "\n".join(_verdict(reports, kind) for kind in embs if kind != "simple")
     console.print(verdict)
     (out / "demo.json").write_text(json.dumps({"rows": rows, "verdict": verdict, "served": [pr.label for pr in preds],
                                                "truth": truth, "seconds": time.perf_counter() - t_start}, indent=1))
@@ -132,16 +137,30 @@ def _ci(r: dict) -> str:
     return f"{r['worst_top1']:.1%} [{lo:.1%}, {hi:.1%}]"
 
 
-def _verdict(reports: dict) -> str:
-    """Plain words on whether the advanced embedding beats simple (paired test on the same queries)."""
+def _defence(name: str, knob: float | None, art, p, layer: str):
+    """A zoo defence (``privsplit.defenses.zoo``) built on the run's training split, 1 epoch (demo budget)."""
+    from privsplit.defenses.objectives import FinetuneConfig
+    from privsplit.defenses.zoo import DEFENCES
+
+    entry = DEFENCES.get(name)
+    if name in ("calibrated-noise", "send-image"):
+        raise ValueError(f"--defence {name} is not a demo defence; use benchmarks/defences_pareto.py")
+    kwargs = {} if name == "gaussian-split" else {"config": FinetuneConfig(epochs=1)}
+    value = entry.knobs[len(entry.knobs) // 2] if knob is None else knob
+    console.print(f"building {name} ({entry.knob} = {value}; {entry.paper})")
+    return entry(art.model, layer=layer, train=p.train, column=art.primary, knob=value, **kwargs)
+
+
+def _verdict(reports: dict, kind: str = "advanced") -> str:
+    """Plain words on whether ``kind`` beats simple against the worst case (paired test on the same queries)."""
     from privsplit.audit import compare_audits
 
-    test = compare_audits(reports["advanced"], reports["simple"])
+    test = compare_audits(reports[kind], reports["simple"])
     if test.separated and test.difference < 0:
-        return f"advanced leaks less identity than simple: {test}"
+        return f"{kind} leaks less identity than simple: {test}"
     if test.separated:
-        return f"advanced does NOT beat simple: it leaks MORE identity ({test})"
-    return f"advanced does NOT beat simple: the paired test does not separate them ({test})"
+        return f"{kind} does NOT beat simple: it leaks MORE identity ({test})"
+    return f"{kind} does NOT beat simple: the paired test does not separate them ({test})"
 
 
 def _write_markdown(out: Path, art, rows: dict, verdict: str, layer: str, seconds: float) -> None:

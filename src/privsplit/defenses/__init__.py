@@ -12,6 +12,7 @@ from privsplit.defenses.bundles import (
 )
 from privsplit.defenses.embedding import EMBEDDINGS, Embedding, EmbeddingKind, embedding_kind
 from privsplit.defenses.noise import GaussianNoise, NoNoise, add_noise, noise_from_spec
+from privsplit.defenses.keyed import FileKeyStore, KeyedGaussianNoise, MemoryKeyStore  # registers "keyed-gaussian"
 from privsplit.defenses.reduction import (
     REDUCTIONS, Reduction, available_reductions, build_reduction, fit_reduction, register_reduction,
 )
@@ -20,8 +21,9 @@ _LAZY = {"build_embedding", "siamese_finetune", "cached_siamese", "extract_featu
 
 __all__ = ["BundleError", "ClientBundle", "ServerBundle", "check_pair", "embedding_from_bundles", "load_client_bundle", "load_server_bundle",
            "save_bundles", "EMBEDDINGS", "Embedding", "EmbeddingKind", "embedding_kind", "GaussianNoise", "NoNoise",
-           "add_noise", "noise_from_spec", "Reduction", "build_reduction", "fit_reduction", "REDUCTIONS", "register_reduction",
-           "available_reductions", *sorted(_LAZY)]
+           "add_noise", "noise_from_spec", "KeyedGaussianNoise", "FileKeyStore", "MemoryKeyStore", "Reduction",
+           "build_reduction", "fit_reduction", "REDUCTIONS", "register_reduction", "available_reductions",
+           *sorted(_LAZY)]
 
 
 def __getattr__(name: str) -> Any:

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from privsplit.data.faces import FaceData
-from privsplit.defenses.embedding import Embedding, embedding_kind
+from privsplit.defenses.embedding import EMBEDDINGS, Embedding, embedding_kind
+from privsplit.defenses.keyed import KeyedGaussianNoise
 from privsplit.defenses.noise import GaussianNoise
 from privsplit.defenses.reduction import fit_reduction
 from privsplit.models.split import split
@@ -41,6 +42,9 @@ __all__ = ["SiameseConfig", "siamese_loss", "siamese_finetune", "cached_siamese"
 
 #: dimensions the paper used per layer (Section VI-A, VI-B)
 PAPER_DIMS = {"conv5_1": 8, "conv5_2": 6, "conv5_3": 4, "conv5": 10}
+
+#: deployment noise modes: fresh per call (the paper's) or keyed per photo (repeats carry identical noise)
+NOISE_MODES = {"fresh": GaussianNoise, "keyed": KeyedGaussianNoise}
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ def extract_features(extractor: nn.Module, data: FaceData, *, batch_size: int = 
 def build_embedding(kind: str, model: nn.Sequential, *, layer: str, train: FaceData, column: str,
                     dim: int | None = None, sigma: float = 0.0, scale: str = "std", reduction: str = "pca",
                     siamese: SiameseConfig = SiameseConfig(), tuned: nn.Sequential | None = None,
-                    noise_seed: int | None = None, progress: bool = True) -> Embedding:
+                    noise_seed: int | None = None, noise_mode: str = "fresh", progress: bool = True) -> Embedding:
     """Build the named embedding (see module docstring).
 
     Args:
@@ -112,8 +116,14 @@ def build_embedding(kind: str, model: nn.Sequential, *, layer: str, train: FaceD
         tuned: an already Siamese fine-tuned model to reuse (skips step 1).
         noise_seed: reproducible noise for experiments and tests; ``None`` (default, and always in
             deployment) draws fresh noise from the OS's CSPRNG.
+        noise_mode: ``"fresh"`` (new noise on every call: repeated sends of one photo average it away) or
+            ``"keyed"`` (noise keyed per photo on the device, :mod:`privsplit.defenses.keyed`).
     """
+    if noise_mode not in NOISE_MODES:
+        raise ValueError(f"noise_mode must be one of {sorted(NOISE_MODES)}, got {noise_mode!r}")
     spec = embedding_kind(kind)
+    if kind not in EMBEDDINGS:
+        raise ValueError(f"'{kind}' is a defence of privsplit.defenses.zoo: build it with build_defence('{kind}', ...)")
     if spec.noisy and sigma < 0:
         raise ValueError(f"sigma={sigma} must be >= 0")
     source = model
@@ -129,7 +139,7 @@ def build_embedding(kind: str, model: nn.Sequential, *, layer: str, train: FaceD
         if spec.noisy:
             with torch.no_grad():
                 reduced = red.reduce(feats)
-            noise = GaussianNoise(sigma=sigma, scale=scale,  # type: ignore[arg-type]
+            noise = NOISE_MODES[noise_mode](sigma=sigma, scale=scale,  # type: ignore[arg-type]
                                   deterministic=noise_seed is not None, seed=noise_seed)
             if scale == "std":
                 noise.fit_scale(reduced)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from privsplit.defenses.noise import NoNoise
 from privsplit.defenses.reduction import Reduction
 
-__all__ = ["EmbeddingKind", "EMBEDDINGS", "Embedding", "embedding_kind"]
+__all__ = ["EmbeddingKind", "EMBEDDINGS", "ZOO_KINDS", "Embedding", "embedding_kind"]
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,27 @@ EMBEDDINGS: dict[str, EmbeddingKind] = {k.name: k for k in (
 )}
 
 
+#: Kinds of the defences and baselines of :mod:`privsplit.defenses.zoo` (built there, listed here so their
+#: embeddings and bundles load without importing the training code).
+ZOO_KINDS: dict[str, EmbeddingKind] = {k.name: k for k in (
+    EmbeddingKind("nopeek", siamese=False, reduced=False, noisy=False),
+    EmbeddingKind("adversarial", siamese=False, reduced=False, noisy=False),
+    EmbeddingKind("siamese-adversarial", siamese=True, reduced=False, noisy=False),
+    EmbeddingKind("gaussian-split", siamese=False, reduced=False, noisy=True),
+    EmbeddingKind("learned-noise", siamese=False, reduced=False, noisy=True),
+    EmbeddingKind("calibrated-noise", siamese=True, reduced=True, noisy=True),
+    EmbeddingKind("blur", siamese=False, reduced=False, noisy=False),
+    EmbeddingKind("pixelate", siamese=False, reduced=False, noisy=False),
+    EmbeddingKind("send-image", siamese=False, reduced=False, noisy=False),
+)}
+
+
 def embedding_kind(name: str) -> EmbeddingKind:
+    if name in ZOO_KINDS:
+        return ZOO_KINDS[name]
     if name not in EMBEDDINGS:
-        raise ValueError(f"unknown embedding '{name}'; choose one of {', '.join(EMBEDDINGS)}")
+        raise ValueError(f"unknown embedding '{name}'; choose one of {', '.join(EMBEDDINGS)} "
+                         f"(or a defence of privsplit.defenses.zoo: {', '.join(ZOO_KINDS)})")
     return EMBEDDINGS[name]
 
 

@@ -16,6 +16,9 @@ Where the randomness comes from (the choices made, and why)
   bits of its seed (``manual_seed(s)`` and ``manual_seed(s + 2**32)`` give the same stream), and a 2^32
   search over seeds would let an adversary subtract the noise from the features it sees. The cost is
   small: reduced features are a few numbers per image.
+* **Keyed mode** (:mod:`privsplit.defenses.keyed`, noise kind ``"keyed-gaussian"``): the device derives
+  the normals from HMAC-SHA256 under a secret device key and the photo's hash, so repeated sends of one
+  photo carry identical noise and cannot be averaged; same sigma/scale/std semantics as here.
 * **Deterministic mode** (``deterministic=True, seed=...``; tests and reproducible experiments only):
   a private CPU ``torch.Generator`` seeded once; successive calls continue one reproducible sequence
   (``reset()`` restarts it). The seed is never part of :meth:`GaussianNoise.spec`, and
@@ -40,6 +43,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from privsplit.registry import Registry
+
 __all__ = [
     "GaussianNoise",
     "NoNoise",
@@ -48,6 +53,7 @@ __all__ = [
     "build_noise",
     "noise_from_spec",
     "available_noises",
+    "NOISES",
 ]
 
 NoiseScale = Literal["isotropic", "std"]
@@ -261,19 +267,23 @@ class NoNoise(nn.Module):
         return cls()
 
 
-_REGISTRY: dict[str, type[GaussianNoise] | type[NoNoise]] = {"gaussian": GaussianNoise, "none": NoNoise}
+#: Noise kinds by name (``privsplit.defenses.keyed`` adds ``"keyed-gaussian"`` when the package loads).
+NOISES: Registry[Any] = Registry("noise kind", help_ref="help(privsplit.defenses.noise)")
+NOISES.register("gaussian", GaussianNoise)
+NOISES.register("none", NoNoise)
+_REGISTRY = NOISES
 
 
 def available_noises() -> list[str]:
-    """Registered noise kinds: ``['gaussian', 'none']``."""
-    return sorted(_REGISTRY)
+    """Registered noise kinds, sorted: ``['gaussian', 'keyed-gaussian', 'none']``."""
+    return sorted(NOISES.names())
 
 
 def build_noise(kind: str, **options: Any) -> nn.Module:
     """Construct noise by name: ``build_noise("gaussian", sigma=0.5, scale="std")`` or ``build_noise("none")``."""
     if kind not in _REGISTRY:
         raise ValueError(f"unknown noise kind {kind!r}: choose one of {available_noises()}")
-    return _REGISTRY[kind](**options)
+    return NOISES.get(kind)(**options)
 
 
 def noise_from_spec(spec: Mapping[str, Any], *, deterministic: bool = False, seed: int | None = None) -> nn.Module:
@@ -283,4 +293,4 @@ def noise_from_spec(spec: Mapping[str, Any], *, deterministic: bool = False, see
     kind = spec["kind"]
     if kind not in _REGISTRY:
         raise ValueError(f"unknown noise kind {kind!r} in spec: choose one of {available_noises()}")
-    return _REGISTRY[kind].from_spec(spec, deterministic=deterministic, seed=seed)
+    return NOISES.get(kind).from_spec(spec, deterministic=deterministic, seed=seed)

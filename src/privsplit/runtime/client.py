@@ -1,4 +1,4 @@
-"""The device side: preprocess, extract, add fresh noise, send only the features, get predictions.
+"""The device side: preprocess, extract, add noise (fresh or keyed per photo), send only the features, get predictions.
 
 :class:`Client` talks the Open Inference Protocol v2 (REST) to any compliant server: ``privsplit
 serve``, Triton Inference Server, KServe. It needs only the standard library, numpy, torch and the
@@ -33,6 +33,7 @@ import torch
 
 from privsplit.data.transforms import Preprocess, decode_image, normalize, prepare_image
 from privsplit.defenses.bundles import INPUT_NAME, OUTPUT_NAMES, ClientBundle, load_client_bundle
+from privsplit.defenses.keyed import KeyStore, crop_hash
 from privsplit.runtime.errors import ClientError, ServerUnavailable
 from privsplit.runtime.wire import (
     InferRequest, InferResponse, InferTensor, ModelMetadata, RequestedOutput, WireError, decode_error, decode_response,
@@ -103,6 +104,9 @@ class Client:
         detector: a face detector (registry name such as ``"dlib-hog"``, or an instance: a test stub, a mobile
             port) to detect + align faces even when the bundle's preprocess centre-crops (photos that are not
             LFW-style crops; the alignment reproduces the training framing), or to replace its ``align`` detector.
+        key_store: where the device noise key lives, for bundles whose noise spec is ``keyed-gaussian``
+            (default: :class:`privsplit.defenses.keyed.FileKeyStore`, a 0600 file created on first use).
+            The key never leaves the device. Bundles with ``gaussian`` noise draw fresh noise per call.
         model_name: the served model's name (default: the bundle's).
         batch_size: most images per request in :meth:`infer`.
         ssl_context: for ``https`` URLs (default: the system's verified context).
@@ -115,7 +119,7 @@ class Client:
                  binary: bool = True, timeout: float = 10.0, retries: int = 3, backoff: float = 0.2,
                  extractor: str = "torch", onnx_path: str | Path | None = None, model_name: str | None = None,
                  batch_size: int = 64, ssl_context: ssl.SSLContext | None = None, protocol: str = "rest",
-                 detector: Any = None) -> None:
+                 detector: Any = None, key_store: KeyStore | None = None) -> None:
         if protocol not in ("rest", "grpc"):
             raise ValueError(f"protocol must be 'rest' or 'grpc', got {protocol!r}")
         if retries < 0 or backoff < 0 or timeout <= 0 or batch_size < 1:
@@ -156,6 +160,11 @@ class Client:
             self._extract = onnx
         self.bundle.extractor.eval()
         self.detector = detector
+        if key_store is not None:
+            if not getattr(self.bundle.noise, "identical_repeats", False):
+                raise ValueError("key_store is only used with keyed noise; this bundle's noise is "
+                                 f"{self.bundle.noise.spec()['kind']!r} (fresh per call)")
+            self.bundle.noise.key_store = key_store
 
     # ------------------------------------------------------------------ device-side computation
     def features(self, images: ImageInput | Sequence[ImageInput], *, prepared: bool = False) -> np.ndarray:
@@ -174,7 +183,11 @@ class Client:
             pixels = load_images(images, pre, detector=self.detector)
         x = normalize(torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2), pre)
         with torch.inference_mode():
-            z = self.bundle.noise(self._extract(x))
+            z = self._extract(x)
+            if getattr(self.bundle.noise, "identical_repeats", False):  # keyed: noise from this crop's hash
+                z = self.bundle.noise(z, crop_hashes=[crop_hash(p) for p in pixels])
+            else:
+                z = self.bundle.noise(z)
         return np.ascontiguousarray(z.numpy(), dtype=np.float32)
 
     def infer(self, images: ImageInput | Sequence[ImageInput], *, prepared: bool = False) -> list[Prediction]:
