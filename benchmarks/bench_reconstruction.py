@@ -36,7 +36,8 @@ from privsplit.attacks.face_match import FaceMatcher, dlib_available  # noqa: E4
 from privsplit.attacks.reconstruction import (  # noqa: E402
     ReconConfig, ReconstructionAttack, save_reconstruction_grid, select_per_identity,
 )
-from privsplit.defenses.build import PAPER_DIMS, SiameseConfig, build_embedding, siamese_finetune  # noqa: E402
+from privsplit.models.presets import paper_dim  # noqa: E402
+from privsplit.defenses.build import SiameseConfig, build_embedding, siamese_finetune  # noqa: E402
 from privsplit.train.artifacts import load_model, save_model  # noqa: E402
 from privsplit.train.loops import TrainConfig, evaluate  # noqa: E402
 from privsplit.train.run import load_run  # noqa: E402
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     n_ids = len(torch.unique(p.attack.labels[column]))
     n_check = len(select_per_identity(p.attack.labels[column], cfg.identity_per_identity, seed=cfg.seed))
     seconds = time.perf_counter() - t_all
-    meta = {"run": str(args.run), "layer": args.layer, "dim": args.dim or PAPER_DIMS.get(args.layer, 8),
+    meta = {"run": str(args.run), "layer": args.layer, "dim": args.dim or paper_dim(args.layer),
             "sigma": args.sigma, "config": asdict(cfg), "siamese_model": tuned_from, "threads": args.threads,
             "seconds": seconds, "python": platform.python_version(), "torch": torch.__version__,
             "machine": platform.machine(), "attack_images": len(p.attack), "attack_identities": n_ids,

@@ -44,3 +44,14 @@ def test_duplicate_needs_replace_and_unregister():
     assert reg.names() == []
     with pytest.raises(ValueError, match="non-empty string"):
         reg.register("", int)
+
+
+def test_getitem_reads_like_the_dict_it_replaced():
+    from privsplit.defenses.embedding import EMBEDDINGS
+
+    reg: Registry = Registry("thing")
+    reg.register("x", 1)
+    assert reg["x"] == 1
+    with pytest.raises(KeyError, match="unknown thing 'y'; choose one of: x"):
+        reg["y"]
+    assert EMBEDDINGS["advanced"].noisy and list(EMBEDDINGS)[0] == "simple"

@@ -92,6 +92,10 @@ class Registry(Generic[T]):
         """``(name, factory)`` pairs in registration order."""
         return list(self._entries.items())
 
+    def __getitem__(self, name: str) -> T:
+        """``registry[name]``: the same as :meth:`get` (so a registry reads like the dict it replaced)."""
+        return self.get(name)
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 

@@ -8,8 +8,9 @@ import typer
 from privsplit.cli.common import console, friendly_errors, report_table
 from privsplit.defenses import EMBEDDINGS, save_bundles
 from privsplit.defenses.embedding import ZOO_KINDS
-from privsplit.defenses.build import PAPER_DIMS, SiameseConfig, build_embedding, cached_siamese
+from privsplit.defenses.build import SiameseConfig, build_embedding, cached_siamese
 from privsplit.defenses.zoo import DEFENCES
+from privsplit.models.presets import paper_dim
 from privsplit.train.loops import TrainConfig, evaluate
 from privsplit.train.run import load_run
 
@@ -44,7 +45,7 @@ def embed(
     cfg = SiameseConfig(weight=siamese_weight, margin=margin, trainable=trainable,
                         train=TrainConfig(epochs=siamese_epochs, lr=5e-4, warmup_fraction=0.0))
     tuned = cached_siamese(run, art, p.train, layer=layer, cfg=cfg) \
-        if EMBEDDINGS.get(kind, EMBEDDINGS["simple"]).siamese and kind not in DEFENCES else None
+        if kind in EMBEDDINGS and EMBEDDINGS[kind].siamese and kind not in DEFENCES else None
     if kind in DEFENCES and kind not in ("calibrated-noise", "send-image"):
         entry = DEFENCES.get(kind)
         value = entry.knobs[len(entry.knobs) // 2] if knob is None else knob
@@ -64,7 +65,7 @@ def embed(
     if not ddp.is_main():  # under torchrun (Siamese fine-tuning on N processes) only rank 0 writes
         return
     out = out or run / "bundles" / f"{kind}-{layer}"
-    info = {"run": str(run), "metrics": rows, "dim": dim or PAPER_DIMS.get(layer, 8) if emb.reduction_config else None}
+    info = {"run": str(run), "metrics": rows, "dim": dim or paper_dim(layer) if emb.reduction_config else None}
     client, server = save_bundles(emb, out, config=art.config, preprocess=art.preprocess, classes=art.classes,
                                   primary=art.primary, info=info, backbone=art.manifest.get("backbone"))
     label = art.manifest["dataset"]["label"]

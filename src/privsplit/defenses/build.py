@@ -29,6 +29,7 @@ from torch import nn
 
 from privsplit.data.faces import FaceData
 from privsplit.defenses.embedding import EMBEDDINGS, Embedding, embedding_kind
+from privsplit.models.presets import PAPER_DIMS, paper_dim  # noqa: F401  (PAPER_DIMS: its old home)
 from privsplit.defenses.keyed import KeyedGaussianNoise
 from privsplit.defenses.noise import GaussianNoise
 from privsplit.defenses.reduction import fit_reduction
@@ -40,8 +41,6 @@ from privsplit.train.losses import SiameseObjective
 
 __all__ = ["SiameseConfig", "siamese_loss", "siamese_finetune", "cached_siamese", "extract_features", "build_embedding"]
 
-#: dimensions the paper used per layer (Section VI-A, VI-B)
-PAPER_DIMS = {"conv5_1": 8, "conv5_2": 6, "conv5_3": 4, "conv5": 10}
 
 #: deployment noise modes: fresh per call (the paper's) or keyed per photo (repeats carry identical noise)
 NOISE_MODES = {"fresh": GaussianNoise, "keyed": KeyedGaussianNoise}
@@ -135,7 +134,7 @@ def build_embedding(kind: str, model: nn.Sequential, *, layer: str, train: FaceD
     red, noise = None, None
     if spec.reduced:
         feats = extract_features(extractor, train)
-        red = fit_reduction(reduction, feats, dim=dim or PAPER_DIMS.get(layer, 8))
+        red = fit_reduction(reduction, feats, dim=dim or paper_dim(layer))
         if spec.noisy:
             with torch.no_grad():
                 reduced = red.reduce(feats)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from privsplit.defenses.noise import NoNoise
 from privsplit.defenses.reduction import Reduction
+from privsplit.registry import Registry
 
 __all__ = ["EmbeddingKind", "EMBEDDINGS", "ZOO_KINDS", "Embedding", "embedding_kind"]
 
@@ -28,20 +29,25 @@ class EmbeddingKind:
     noisy: bool
 
 
-#: The paper's named embeddings; ``advanced`` is the noisy reduced Siamese embedding.
-EMBEDDINGS: dict[str, EmbeddingKind] = {k.name: k for k in (
+#: The paper's named embeddings; ``advanced`` is the noisy reduced Siamese embedding. A registry like
+#: every other named concept (``EMBEDDINGS.register(kind.name, kind)`` adds one; building it is
+#: :func:`privsplit.defenses.build.build_embedding`'s job).
+EMBEDDINGS: Registry[EmbeddingKind] = Registry("embedding", help_ref="help(privsplit.defenses)")
+for _kind in (
     EmbeddingKind("simple", siamese=False, reduced=False, noisy=False),
     EmbeddingKind("reduced-simple", siamese=False, reduced=True, noisy=False),
     EmbeddingKind("siamese", siamese=True, reduced=False, noisy=False),
     EmbeddingKind("reduced-siamese", siamese=True, reduced=True, noisy=False),
     EmbeddingKind("noisy-reduced-simple", siamese=False, reduced=True, noisy=True),
     EmbeddingKind("advanced", siamese=True, reduced=True, noisy=True),
-)}
+):
+    EMBEDDINGS.register(_kind.name, _kind)
 
 
 #: Kinds of the defences and baselines of :mod:`privsplit.defenses.zoo` (built there, listed here so their
 #: embeddings and bundles load without importing the training code).
-ZOO_KINDS: dict[str, EmbeddingKind] = {k.name: k for k in (
+ZOO_KINDS: Registry[EmbeddingKind] = Registry("defence embedding", help_ref="help(privsplit.defenses.zoo)")
+for _kind in (
     EmbeddingKind("nopeek", siamese=False, reduced=False, noisy=False),
     EmbeddingKind("adversarial", siamese=False, reduced=False, noisy=False),
     EmbeddingKind("siamese-adversarial", siamese=True, reduced=False, noisy=False),
@@ -51,10 +57,13 @@ ZOO_KINDS: dict[str, EmbeddingKind] = {k.name: k for k in (
     EmbeddingKind("blur", siamese=False, reduced=False, noisy=False),
     EmbeddingKind("pixelate", siamese=False, reduced=False, noisy=False),
     EmbeddingKind("send-image", siamese=False, reduced=False, noisy=False),
-)}
+):
+    ZOO_KINDS.register(_kind.name, _kind)
+del _kind
 
 
 def embedding_kind(name: str) -> EmbeddingKind:
+    """The :class:`EmbeddingKind` of a paper embedding or a zoo defence; an unknown name lists both."""
     if name in ZOO_KINDS:
         return ZOO_KINDS[name]
     if name not in EMBEDDINGS:

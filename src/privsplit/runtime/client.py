@@ -34,6 +34,7 @@ import torch
 from privsplit.data.transforms import Preprocess, decode_image, normalize, prepare_image
 from privsplit.defenses.bundles import INPUT_NAME, OUTPUT_NAMES, ClientBundle, load_client_bundle
 from privsplit.defenses.keyed import KeyStore, crop_hash
+from privsplit.errors import MissingDependency
 from privsplit.runtime.errors import ClientError, ServerUnavailable
 from privsplit.runtime.wire import (
     InferRequest, InferResponse, InferTensor, ModelMetadata, RequestedOutput, WireError, decode_error, decode_response,
@@ -129,8 +130,7 @@ class Client:
             try:
                 from privsplit.runtime.grpc_client import GrpcTransport
             except ImportError as exc:
-                raise NotImplementedError(f"protocol='grpc' needs the grpc extra ({exc}): "
-                                          "pip install 'privsplit[grpc]'") from None
+                raise MissingDependency(f"protocol='grpc' ({exc})", extra="grpc") from None
             self._grpc = GrpcTransport(url, api_key=api_key, timeout=timeout, retries=retries, backoff=backoff)
             url = f"http://{self._grpc.target}"  # only for messages; REST is never used
         parts = urlsplit(url)
