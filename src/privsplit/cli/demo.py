@@ -39,16 +39,7 @@ def demo(
     knob: float = typer.Option(None, help="The defence's main knob (default: its middle sweep value)."),
 ) -> None:
     """Train, embed, serve, infer through the client, attack: the whole pipeline in a few minutes."""
-    from privsplit.defenses.bundles import load_client_bundle, save_bundles
-    from privsplit.defenses.build import SiameseConfig, build_embedding, cached_siamese
-    from privsplit.runtime.client import Client
-
-    try:
-        from privsplit.runtime.server import ServerThread, create_app
-    except ImportError as exc:  # the analyzer service is an extra
-        raise ValueError(f"privsplit demo serves the analyzer and needs the serve extra ({exc.name} is missing): "
-                         "pip install -e '.[serve]'") from None
-    from privsplit.train.loops import TrainConfig, evaluate
+    from privsplit.train.loops import TrainConfig
     from privsplit.train.run import RunSpec, run_training
 
     t_start = time.perf_counter()
@@ -59,9 +50,22 @@ def demo(
     console.rule("1/4 primary model")
     result = run_training(RunSpec(dataset=dataset, train=TrainConfig(epochs=epochs or budget["epochs"])), out)
     show_run(result.metrics, result.folder)
-
     console.rule("2/4 embeddings")
-    from privsplit.train.run import attack_group, load_run
+    art, p, embs, client_dir, server_dir = _embed(out, layer, noise, budget, defence, knob)
+    console.rule("3/4 device client -> OIP v2 analyzer service (loopback)")
+    preds, truth = _serve_and_infer(p, art, embs, client_dir, server_dir)
+    console.rule("4/4 privacy audit (fast profile, 1 seed)")
+    _audit_step(out, art, p, embs, layer, preds, truth, t_start)
+    console.print(f"done in {(time.perf_counter() - t_start) / 60:.1f} min; report: {out / 'demo.md'}; "
+                  f"full paper-style report: privsplit reproduce --dataset {dataset} --out reports/{dataset}")
+
+
+def _embed(out: Path, layer: str, noise: float, budget: dict, defence: str | None, knob: float | None) -> tuple:
+    """Step 2: simple and advanced (and ``defence``) at ``layer``; the advanced bundles are written."""
+    from privsplit.defenses.build import SiameseConfig, build_embedding, cached_siamese
+    from privsplit.defenses.bundles import save_bundles
+    from privsplit.train.loops import TrainConfig
+    from privsplit.train.run import load_run
 
     art, p = load_run(out, progress=False)
     tuned = cached_siamese(out, art, p.train, layer=layer, cfg=SiameseConfig(
@@ -73,8 +77,19 @@ def demo(
     client_dir, server_dir = save_bundles(embs["advanced"], out / "bundles" / f"advanced-{layer}", config=art.config,
                                           preprocess=art.preprocess, classes=art.classes, primary=art.primary,
                                           info={"run": str(out)}, backbone=art.manifest.get("backbone"))
+    return art, p, embs, client_dir, server_dir
 
-    console.rule("3/4 device client -> OIP v2 analyzer service (loopback)")
+
+def _serve_and_infer(p, art, embs: dict, client_dir: Path, server_dir: Path) -> tuple[list, list[str]]:
+    """Step 3: serve the analyzer on loopback and send 8 held-out faces of different people through the client."""
+    from privsplit.defenses.bundles import load_client_bundle
+    from privsplit.runtime.client import Client
+
+    try:
+        from privsplit.runtime.server import ServerThread, create_app
+    except ImportError as exc:  # the analyzer service is an extra
+        raise ValueError(f"privsplit demo serves the analyzer and needs the serve extra ({exc.name} is missing): "
+                         "pip install -e '.[serve]'") from None
     picks = [round(i * (len(p.test) - 1) / 7) for i in range(8)]  # spread over different people
     images = [p.test.manifest.root / p.test.manifest.paths[i] for i in picks]
     truth = [art.classes[int(p.test.labels[art.primary][i])] for i in picks]
@@ -87,8 +102,13 @@ def demo(
     for path, t, pr in zip(images, truth, preds):
         sent.add_row(Path(path).name, t, pr.label, f"{pr.probability:.2f}")
     console.print(sent)
+    return preds, truth
 
-    console.rule("4/4 privacy audit (fast profile, 1 seed)")
+
+def _audit_step(out: Path, art, p, embs: dict, layer: str, preds: list, truth: list[str], t_start: float) -> None:
+    """Step 4: audit every embedding on the same queries, print the summary and the paired verdicts, save."""
+    from privsplit.train.loops import evaluate
+
     rows, reports = _audit(embs, p, art)
     for kind, r in rows.items():
         r["accuracy"] = evaluate(embs[kind], p.test, column=art.primary).accuracy
@@ -98,8 +118,6 @@ def demo(
     (out / "demo.json").write_text(json.dumps({"rows": rows, "verdict": verdict, "served": [pr.label for pr in preds],
                                                "truth": truth, "seconds": time.perf_counter() - t_start}, indent=1))
     _write_markdown(out, art, rows, verdict, layer, time.perf_counter() - t_start)
-    console.print(f"done in {(time.perf_counter() - t_start) / 60:.1f} min; report: {out / 'demo.md'}; "
-                  f"full paper-style report: privsplit reproduce --dataset {dataset} --out reports/{dataset}")
 
 
 def _audit(embs: dict, p, art) -> tuple[dict[str, dict], dict]:
