@@ -27,6 +27,7 @@ ALLOW: dict[str, str] = {
     "privsplit.registry.Registry.build": "returns whatever the registered factory returns: entries are heterogeneous",
     "privsplit.data.loaders.register_loader": "Registry.register's contract: the loader, or a decorator for it",
     "privsplit.defenses.reduction.register_reduction": "Registry.register's contract: the fitter, or a decorator",
+    "privsplit.models.vgg.register_architecture": "Registry.register's contract: the builder, or a decorator",
     "privsplit.edge.onnx_runtime.make_session": "an onnxruntime.InferenceSession; onnxruntime is an optional extra "
                                                 "and is not imported to type it",
 }
