@@ -98,6 +98,32 @@ def evaluate(model: nn.Module, data: FaceData, *, column: str, batch_size: int =
     return metric.compute()
 
 
+def _train_epoch(model: nn.Module, train: FaceData, opt: torch.optim.Optimizer, params: list[nn.Parameter],
+                 loss_fn: LossFn, *, column: str, config: TrainConfig, gen: torch.Generator, first_step: int,
+                 total: int, advance: Callable[[str], None]) -> tuple[float, int]:
+    """One pass over ``train``'s shuffled batches; this process's (summed loss, examples seen)."""
+    running, seen = 0.0, 0
+    for i, (batch, x, y) in enumerate(train.batches(config.batch_size, column=column, shuffle=True, generator=gen)):
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(first_step + i, total, config)
+        if config.augment:
+            x = augment(x, gen)  # the whole global batch on every process: same generator state
+        rows = ddp.shard(torch.arange(len(y)))
+        x, y, scale = x[rows], y[rows], ddp.shard_weight(len(rows), len(batch))
+        x = x.contiguous(memory_format=torch.channels_last)
+        opt.zero_grad(set_to_none=True)
+        if len(y):
+            loss, _ = loss_fn(model, x, y)
+            (loss * scale).backward()
+        ddp.average_gradients(params)
+        opt.step()
+        ddp.broadcast_module(model, buffers_only=True)
+        if len(y):
+            running, seen = running + float(loss.detach()) * len(y), seen + len(y)
+        advance(f"{running / max(seen, 1):.3f}")
+    return running, seen
+
+
 def train_classifier(
     model: nn.Module,
     train: FaceData,
@@ -143,26 +169,11 @@ def train_classifier(
     with progress_bar("training", total=total, enabled=progress and ddp.is_main()) as advance:
         advance(start_epoch * steps_per_epoch)
         for epoch in range(start_epoch, config.epochs):
-            t0, running, seen = time.perf_counter(), 0.0, 0
-            for i, (batch, x, y) in enumerate(train.batches(config.batch_size, column=column, shuffle=True, generator=gen)):
-                step = epoch * steps_per_epoch + i
-                for group in opt.param_groups:
-                    group["lr"] = _lr_at(step, total, config)
-                if config.augment:
-                    x = augment(x, gen)  # the whole global batch on every process: same generator state
-                rows = ddp.shard(torch.arange(len(y)))
-                x, y, scale = x[rows], y[rows], ddp.shard_weight(len(rows), len(batch))
-                x = x.contiguous(memory_format=torch.channels_last)
-                opt.zero_grad(set_to_none=True)
-                if len(y):
-                    loss, parts = loss_fn(model, x, y)
-                    (loss * scale).backward()
-                ddp.average_gradients(params)
-                opt.step()
-                ddp.broadcast_module(model, buffers_only=True)
-                if len(y):
-                    running, seen = running + float(loss.detach()) * len(y), seen + len(y)
-                advance(1, epoch=f"{epoch + 1}/{config.epochs}", loss=f"{running / max(seen, 1):.3f}")
+            t0 = time.perf_counter()
+            running, seen = _train_epoch(model, train, opt, params, loss_fn, column=column, config=config, gen=gen,
+                                         first_step=epoch * steps_per_epoch, total=total,
+                                         advance=lambda loss: advance(1, epoch=f"{epoch + 1}/{config.epochs}",
+                                                                      loss=loss))
             running, seen = ddp.all_sum([running, float(seen)])  # the global batch's loss, as in one process
             row = {"epoch": epoch + 1, "loss": running / max(seen, 1), "seconds": time.perf_counter() - t0}
             if eval_data is not None:
