@@ -33,6 +33,8 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, d
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Optimiser and schedule of :func:`train_classifier` (AdamW, warm-up then cosine decay; stored in checkpoints)."""
+
     epochs: int = 6
     batch_size: int = 64
     lr: float = 2e-3
@@ -43,11 +45,14 @@ class TrainConfig:
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as a JSON-ready dict (what checkpoints and manifests store)."""
         return asdict(self)
 
 
 @dataclass
 class TrainResult:
+    """What :func:`train_classifier` returns: per-epoch history, the final evaluation, training seconds."""
+
     history: list[dict[str, float]] = field(default_factory=list)
     report: ClassificationReport | None = None
     seconds: float = 0.0
@@ -65,6 +70,8 @@ def class_weights(labels: torch.Tensor, num_classes: int, mode: str) -> torch.Te
 
 
 def cross_entropy_loss(weight: torch.Tensor | None = None) -> LossFn:
+    """The default :data:`LossFn`: (optionally class-weighted) cross-entropy of the model's logits."""
+
     def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         loss = F.cross_entropy(model(x), y, weight=weight)
         return loss, {"ce": float(loss.detach())}
