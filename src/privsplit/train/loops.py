@@ -131,6 +131,29 @@ def _train_epoch(model: nn.Module, train: FaceData, opt: torch.optim.Optimizer, 
     return running, seen
 
 
+def _resume(checkpoint: str | Path | None, model: nn.Module, opt: torch.optim.Optimizer,
+            gen: torch.Generator) -> tuple[TrainResult, int]:
+    """The result so far and the epoch to start at: restored from ``checkpoint`` when it exists, else fresh."""
+    result = TrainResult()
+    if checkpoint is None or not Path(checkpoint).with_suffix(".json").exists():
+        return result, 0
+    meta = load_checkpoint(checkpoint, model=model, optimizer=opt, generator=gen)
+    result.history, result.seconds = meta["history"], meta["seconds"]
+    return result, meta["epoch"]
+
+
+def _epoch_row(model: nn.Module, eval_data: FaceData | None, *, column: str, epoch: int, running: float, seen: int,
+               seconds: float) -> dict[str, float]:
+    """The history row of an epoch: mean loss over every process's examples, seconds, and the evaluation."""
+    running, seen_all = ddp.all_sum([running, float(seen)])  # the global batch's loss, as in one process
+    row = {"epoch": epoch + 1, "loss": running / max(seen_all, 1), "seconds": seconds}
+    if eval_data is not None:
+        rep = evaluate(model, eval_data, column=column)
+        row.update(eval_accuracy=rep.accuracy, eval_balanced_accuracy=rep.balanced_accuracy)
+        model.train()
+    return row
+
+
 def train_classifier(
     model: nn.Module,
     train: FaceData,
@@ -167,10 +190,7 @@ def train_classifier(
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total = steps_per_epoch * config.epochs
-    result, start_epoch = TrainResult(), 0
-    if resume and checkpoint is not None and Path(checkpoint).with_suffix(".json").exists():
-        meta = load_checkpoint(checkpoint, model=model, optimizer=opt, generator=gen)
-        start_epoch, result.history, result.seconds = meta["epoch"], meta["history"], meta["seconds"]
+    result, start_epoch = _resume(checkpoint if resume else None, model, opt, gen)
     ddp.broadcast_module(model)  # every process starts from rank 0's weights
     model.train()
     with progress_bar("training", total=total, enabled=progress and ddp.is_main()) as advance:
@@ -181,18 +201,12 @@ def train_classifier(
                                          first_step=epoch * steps_per_epoch, total=total,
                                          advance=lambda loss: advance(1, epoch=f"{epoch + 1}/{config.epochs}",
                                                                       loss=loss))
-            running, seen = ddp.all_sum([running, float(seen)])  # the global batch's loss, as in one process
-            row = {"epoch": epoch + 1, "loss": running / max(seen, 1), "seconds": time.perf_counter() - t0}
-            if eval_data is not None:
-                rep = evaluate(model, eval_data, column=column)
-                row.update(eval_accuracy=rep.accuracy, eval_balanced_accuracy=rep.balanced_accuracy)
-                model.train()
-            result.history.append(row)
-            result.seconds += row["seconds"]
+            result.history.append(_epoch_row(model, eval_data, column=column, epoch=epoch, running=running, seen=seen,
+                                             seconds=time.perf_counter() - t0))
+            result.seconds += result.history[-1]["seconds"]
             if checkpoint is not None and ddp.is_main():
-                save_checkpoint(checkpoint, model=model, optimizer=opt, generator=gen,
-                                meta={"epoch": epoch + 1, "history": result.history, "seconds": result.seconds,
-                                      "config": config.to_dict()})
+                save_checkpoint(checkpoint, model=model, optimizer=opt, generator=gen, meta={
+                    "epoch": epoch + 1, "history": result.history, "seconds": result.seconds, "config": config.to_dict()})
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
                 break
     model.eval()
