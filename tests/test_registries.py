@@ -14,6 +14,8 @@ from privsplit.defenses.reduction import (
     fit_reduction,
     register_reduction,
 )
+from privsplit.edge.specs import ModelSpec
+from privsplit.models import ARCHITECTURES, VGGConfig, build_model, register_architecture, split
 from privsplit.registry import Registry, RegistryError
 
 
@@ -61,3 +63,28 @@ def test_user_reduction_kind_fits_and_rebuilds():
         REDUCTIONS.unregister("test-first")
     with pytest.raises(ValueError, match="unknown reduction 'test-first'; choose one of: pca, autoencoder"):
         fit_reduction("test-first", torch.randn(4, 3), dim=1)
+
+
+def test_user_architecture_builds_splits_and_parses():
+    from collections import OrderedDict
+
+    from torch import nn
+
+    @register_architecture("test-tiny")
+    def tiny(cfg: VGGConfig) -> nn.Sequential:
+        return nn.Sequential(OrderedDict(conv1=nn.Conv2d(3, 4, 3, padding=1), pool1=nn.AdaptiveAvgPool2d(1),
+                                         flat=nn.Flatten(), fc=nn.Linear(4, cfg.num_classes)))
+
+    try:
+        assert isinstance(ARCHITECTURES, Registry) and ARCHITECTURES.names()[-1] == "test-tiny"
+        model = build_model(VGGConfig(arch="test-tiny", num_classes=3))
+        assert model(torch.zeros(2, 3, 8, 8)).shape == (2, 3)
+        extractor, _ = split(model, at="pool1")
+        assert extractor(torch.zeros(1, 3, 8, 8)).shape == (1, 4, 1, 1)
+        assert ModelSpec.parse("test-tiny:1:8").config().arch == "test-tiny"
+        with pytest.raises(RegistryError, match="already registered"):
+            register_architecture("test-tiny", lambda cfg: nn.Sequential())
+    finally:
+        ARCHITECTURES.unregister("test-tiny")
+    with pytest.raises(ValueError, match="unknown architecture 'test-tiny'; choose one of: vgg16, vgg_s"):
+        build_model(VGGConfig(arch="test-tiny"))

@@ -7,7 +7,7 @@ from torch import nn
 from privsplit.data.faces import FaceData
 from privsplit.data.transforms import augment
 
-__all__ = ["received_features", "clean_features", "relabel", "primary_label_floor", "topk_hits"]
+__all__ = ["received_features", "clean_features", "relabel", "primary_label_floor", "topk_hits", "optimizer_step"]
 
 
 @torch.no_grad()
@@ -58,3 +58,13 @@ def topk_hits(scores: torch.Tensor, target: torch.Tensor, k: int) -> int:
     """How many rows have ``target`` among their ``k`` highest scores."""
     k = min(k, scores.shape[1])
     return int((scores.topk(k, dim=1).indices == target.view(-1, 1)).any(1).sum())
+
+
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> None:
+    """One gradient step on ``loss`` (gradients cleared first), then one scheduler step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if scheduler is not None:
+        scheduler.step()

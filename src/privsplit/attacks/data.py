@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from privsplit.attacks.common import clean_features
 from privsplit.attacks.neighbors import NearestNeighborAttack, noise_variance
@@ -81,8 +82,8 @@ def _rows_by_group(rows: np.ndarray, grp: np.ndarray | None, rng: np.random.Gene
     return [rows[grp == g] for g in names]
 
 
-def enrol_query_split(identities: Any, *, n_enrol: int = 15, seed: int = 0, groups: Any = None,
-                      max_query: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def enrol_query_split(identities: npt.ArrayLike, *, n_enrol: int = 15, seed: int = 0,
+                      groups: npt.ArrayLike | None = None, max_query: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Row indices (enrol, query): ``n_enrol`` random rows of each identity enrolled, every other row
     queried (at most ``max_query`` per identity). With ``groups``, whole groups go to one side: groups are
     taken in random order for enrolment until it holds ``n_enrol`` rows (the rest of the last group is
@@ -156,7 +157,7 @@ def identity_attacks(embedding: Embedding, data: AttackData, *, primary: str, tr
     return row
 
 
-def enrolment_rank_privacy_of(embedding: Any, data: AttackData, *, seed: int = 0,
+def enrolment_rank_privacy_of(embedding: Embedding, data: AttackData, *, seed: int = 0,
                               n_boot: int = 2000) -> EnrolmentRankPrivacy | None:
     """Enrolment rank privacy (:mod:`privsplit.metrics.rank_enrolment`) of an embedding: references = the
     clean features of ``data.enrol`` (the attacker's client copy), queries = the received (noisy) features

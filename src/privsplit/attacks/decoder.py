@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from privsplit.attacks.common import optimizer_step
 from privsplit.data.faces import FaceData
 
 __all__ = ["ReconConfig", "Decoder", "to_unit", "decoder_features", "train_decoder"]
@@ -234,10 +235,7 @@ def train_decoder(embedding: nn.Module, train: FaceData, cfg: ReconConfig) -> tu
             loss = F.mse_loss(out, target)
             if cfg.l1_weight:
                 loss = loss + cfg.l1_weight * F.l1_loss(out, target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()  # type: ignore[attr-defined]
+            optimizer_step(opt, loss, sched)
             total, count = total + loss.item() * len(idx), count + len(idx)
         history.append(total / max(1, count))
     return dec.eval(), history

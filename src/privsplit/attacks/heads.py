@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from privsplit.attacks.common import optimizer_step
+
 __all__ = ["HEADS", "head_kinds", "build_head", "train_head"]
 
 #: every head kind, in the order they are tried
@@ -96,8 +98,5 @@ def train_head(head: nn.Module, feats: Tensor, y: Tensor, noise: Callable[[Tenso
             with torch.no_grad():
                 x = noise(feats[copy_idx, idx])  # fresh noise, as the server would see
             loss = F.cross_entropy(head(x), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            optimizer_step(opt, loss, sched)
     return head.eval()

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from privsplit.attacks.base import ATTACKS
-from privsplit.attacks.common import clean_features
+from privsplit.attacks.common import clean_features, optimizer_step
 from privsplit.attacks.recognizer import RecognizerAttack
 from privsplit.attacks.face_match import FaceMatcher
 from privsplit.data.faces import FaceData
@@ -108,10 +108,7 @@ def invert(features: Callable[[Tensor], Tensor], target: Tensor, init: Tensor, *
             img = render(x)
             data = ((features(img) - target) * inv_scale).pow(2).flatten(1).mean(1)
             loss = (data + tv_weight * total_variation(img)).sum()  # a sum: images stay independent
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            optimizer_step(opt, loss, sched)
             with torch.no_grad():
                 x.clamp_(0, 1)
     return render(x.detach()).clamp(0, 1)

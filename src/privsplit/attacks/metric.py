@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from privsplit.attacks.base import ATTACKS, AttackResult, Figure, IdentityAttack
-from privsplit.attacks.common import clean_features, relabel
+from privsplit.attacks.common import clean_features, optimizer_step, relabel
 from privsplit.data.faces import FaceData
 
 __all__ = ["MetricAttack", "embedding_net", "verification_figures"]
@@ -106,10 +106,7 @@ class MetricAttack(IdentityAttack):
                 cos = F.normalize(net(x), dim=1) @ F.normalize(proxies, dim=1).T
                 margin = F.one_hot(y[idx], len(people)) * o["margin"]
                 loss = F.cross_entropy(o["scale"] * (cos - margin), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+                optimizer_step(opt, loss, sched)
         return net.eval()
 
     @torch.no_grad()

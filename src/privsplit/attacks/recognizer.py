@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from abc import abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +28,9 @@ from torch import Tensor, nn
 from privsplit.attacks.base import AttackResult, Figure, IdentityAttack
 from privsplit.attacks.common import relabel
 from privsplit.data.faces import FaceData
+
+if TYPE_CHECKING:
+    from privsplit.attacks.face_match import FaceMatcher
 
 __all__ = ["RecognizerAttack", "mean_figure"]
 
@@ -65,7 +68,7 @@ class RecognizerAttack(IdentityAttack):
     profiles = frozenset({"full"})
 
     def __init__(self, embedding: nn.Module, *, aux: FaceData | None = None, seed: int = 0,
-                 embedding_name: str | None = None, matcher: Any | None = None) -> None:
+                 embedding_name: str | None = None, matcher: FaceMatcher | None = None) -> None:
         super().__init__(embedding, aux=aux, seed=seed, embedding_name=embedding_name)
         self.matcher = matcher
         self.templates: Tensor | None = None
@@ -145,5 +148,6 @@ class RecognizerAttack(IdentityAttack):
 
     @property
     def details(self) -> dict[str, Any]:
+        """The recognizer used, the template rule and the fit statistics (stored with the attack result)."""
         return {"recognizer": type(self.matcher).__name__, "template": "mean descriptor of the enrolment originals",
                 **self.stats}

@@ -17,12 +17,17 @@ from __future__ import annotations
 
 import hashlib
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import Tensor
 
+if TYPE_CHECKING:
+    from privsplit.defenses.embedding import Embedding
+
 __all__ = ["FeatureCache", "with_cache"]
+
+E = TypeVar("E")
 
 
 class FeatureCache:
@@ -33,16 +38,16 @@ class FeatureCache:
     """
 
     def __init__(self) -> None:
-        self.store: dict[tuple[Any, ...], Tensor] = {}
+        self.store: dict[tuple[object, ...], Tensor] = {}
         self.hits = self.misses = 0
 
     @staticmethod
-    def prefix(embedding: Any) -> tuple[Any, ...]:
+    def prefix(embedding: Embedding) -> tuple[object, ...]:
         """What the features depend on besides the image: the layers and their in-place versions."""
         params = [p for m in (embedding.extractor, embedding.reduce) for p in m.parameters()]
         return (id(embedding.extractor), id(embedding.reduce), tuple((id(p), p._version) for p in params))
 
-    def features(self, embedding: Any, x: Tensor) -> Tensor:
+    def features(self, embedding: Embedding, x: Tensor) -> Tensor:
         """Noise-free features of the batch ``x``, computing only the images not seen before."""
         pre = self.prefix(embedding)
         rows = x.detach().contiguous().cpu().numpy()
@@ -65,7 +70,7 @@ def _cached_client_features(self: Any, x: Tensor, *, noisy: bool = True) -> Tens
     return self.noise(z) if noisy else z
 
 
-def with_cache(embedding: Any, cache: FeatureCache) -> Any:
+def with_cache(embedding: E, cache: FeatureCache) -> E:
     """A view of ``embedding`` (same layers and noise) whose ``client_features`` uses ``cache``; the
     embedding itself unchanged. Objects without the ``Embedding`` shape are returned as they are."""
     if not all(hasattr(embedding, a) for a in ("with_noise", "extractor", "reduce", "noise")):

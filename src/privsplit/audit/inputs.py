@@ -18,11 +18,16 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from privsplit.data.errors import DataError
+
+if TYPE_CHECKING:  # loaded lazily: an audit of bundles alone needs no dataset code
+    from privsplit.data.faces import FaceData
+    from privsplit.data.manifest import Manifest
+    from privsplit.data.transforms import Preprocess
 
 __all__ = ["AuditInputs", "bundle_run", "run_inputs", "check_dataset", "dataset_inputs", "known_dataset", "split_targets"]
 
@@ -31,8 +36,8 @@ __all__ = ["AuditInputs", "bundle_run", "run_inputs", "check_dataset", "dataset_
 class AuditInputs:
     """Target images, the attacker's auxiliary images (or None), the group column and label columns."""
 
-    targets: Any
-    aux: Any
+    targets: FaceData
+    aux: FaceData | None
     group: str | None
     sensitive: str
     primary: str | None
@@ -98,7 +103,7 @@ def known_dataset(name: str) -> dict[str, Any]:
 
 
 def check_dataset(name: str, *, sensitive: str = "identity", primary: str | None = "gender", group: str | None = None,
-                  n_enrol: int = 15, n_val: int = 5, data_root: str | None = None) -> Any:
+                  n_enrol: int = 15, n_val: int = 5, data_root: str | None = None) -> Manifest:
     """Load a dataset's manifest and check its columns and images per identity (no image decoded)."""
     from privsplit.data.loaders import load_manifest
 
@@ -110,7 +115,7 @@ def check_dataset(name: str, *, sensitive: str = "identity", primary: str | None
     return manifest
 
 
-def dataset_inputs(name: str, preprocess: Any, *, sensitive: str = "identity", primary: str | None = "gender",
+def dataset_inputs(name: str, preprocess: Preprocess, *, sensitive: str = "identity", primary: str | None = "gender",
                    n_enrol: int = 15, n_val: int = 5, aux: bool = True, group: str | None = None,
                    data_root: str | None = None) -> AuditInputs:
     """Targets and auxiliary data from a dataset name or labels.csv (see the module docstring)."""

@@ -45,6 +45,7 @@ class MarginHead(nn.Module):
         self.weight = nn.Parameter(torch.randn(num_classes, dim) * 0.01)
 
     def cosine(self, emb: Tensor) -> Tensor:
+        """Cosine similarity of each embedding to each class centre, ``(N, num_classes)``."""
         return F.normalize(emb, dim=1) @ F.normalize(self.weight, dim=1).T
 
     def forward(self, emb: Tensor, y: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,6 +26,11 @@ from privsplit.train import distributed as ddp
 from privsplit.train.artifacts import save_model
 from privsplit.train.loops import TrainConfig
 from privsplit.train.run import PreparedData, RunSpec, prepare_data
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from privsplit.models.vgg import VGGConfig
 
 __all__ = ["METHODS", "PretrainOptions", "pretrain", "pretrain_distill", "pretrain_margin", "pretrain_vggface"]
 
@@ -105,10 +110,16 @@ def pretrain_distill(spec: RunSpec, out: str | Path, *, teacher: Teacher | str =
     backbone = {"method": "distill", **teacher.provenance(), "dim": teacher.dim, "centred_targets": center, "dataset": _dataset_record(spec, p, aux),
                 "train": asdict(config), "teacher_seconds": t_teacher, "train_seconds": result.seconds,
                 "cosine_agreement": agree, "history": result.history}
-    if not ddp.is_main():
-        return out
-    save_model(out, model, config=cfg, preprocess=p.data.preprocess, primary=f"{teacher.name}-descriptor",
-               classes=[f"d{i}" for i in range(teacher.dim)], extra={"backbone": backbone})
+    return _save_backbone(out, model, cfg, p, primary=f"{teacher.name}-descriptor", dim=teacher.dim,
+                          backbone=backbone)
+
+
+def _save_backbone(out: Path, model: nn.Module, cfg: VGGConfig, p: PreparedData, *, primary: str, dim: int,
+                   backbone: dict[str, Any]) -> Path:
+    """Write the backbone artifact (its ``dim`` outputs named ``d0..``) on the main process only; ``out``."""
+    if ddp.is_main():
+        save_model(out, model, config=cfg, preprocess=p.data.preprocess, primary=primary,
+                   classes=[f"d{i}" for i in range(dim)], extra={"backbone": backbone})
     return out
 
 
@@ -135,11 +146,8 @@ def pretrain_margin(spec: RunSpec, out: str | Path, *, options: PretrainOptions 
     backbone = {"method": "margin", "loss": options.kind, "dim": options.dim, "dataset": _dataset_record(spec, p, p.train),
                 "identities": len(set(p.train.labels[spec.sensitive].tolist())), "train": asdict(options.train),
                 "train_seconds": result.seconds, "history": result.history}
-    if not ddp.is_main():
-        return out
-    save_model(out, model, config=cfg, preprocess=p.data.preprocess, primary=f"{options.kind}-embedding",
-               classes=[f"d{i}" for i in range(options.dim)], extra={"backbone": backbone})
-    return out
+    return _save_backbone(out, model, cfg, p, primary=f"{options.kind}-embedding", dim=options.dim,
+                          backbone=backbone)
 
 
 @METHODS.register("vggface")

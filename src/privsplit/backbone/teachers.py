@@ -41,7 +41,8 @@ class Teacher(ABC):
         return self.name
 
     @abstractmethod
-    def describe(self, images: Tensor) -> Tensor: ...
+    def describe(self, images: Tensor) -> Tensor:
+        """The teacher's descriptor of each image, ``(N, dim)``."""
 
     def provenance(self) -> dict[str, str]:
         """What the teacher is and where it came from (stored in the backbone manifest)."""

@@ -5,11 +5,14 @@ import functools
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from privsplit.cli.common import console, friendly_errors
+
+if TYPE_CHECKING:
+    from privsplit.defenses.bundles import ServerBundle
 
 DEFAULT_MAX_BODY_BYTES = 8 * 2**20  # = privsplit.runtime.server.DEFAULT_MAX_BODY_BYTES (no fastapi import here)
 
@@ -61,32 +64,13 @@ def serve(
     workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     if grpc_port is not None and grpc_port == port and port != 0:
         raise ValueError(f"--grpc-port must differ from --port (both {port})")
-    try:
-        from privsplit.runtime.server import load_api_keys
-        from privsplit.runtime.server import serve as run_server
-    except ImportError as exc:
-        raise ValueError(f"`privsplit serve` needs the serve extra ({exc}): pip install 'privsplit[serve]'") from None
+    load_api_keys, run_server = _server_functions(grpc=grpc_port is not None)
     from privsplit.defenses.bundles import load_server_bundle
-
-    if grpc_port is not None:
-        try:
-            import privsplit.runtime.grpc_server  # noqa: F401
-        except ImportError as exc:
-            raise ValueError(f"--grpc-port needs the grpc extra ({exc}): pip install 'privsplit[grpc]'") from None
 
     keys = load_api_keys(api_key_file)
     bundle = load_server_bundle(server_bundle)
     scheme = "https" if ssl_certfile else "http"
-    console.print(f"serving [bold]{bundle.model_name}[/] (embedding {bundle.embedding_id[:12]}, input "
-                  f"{bundle.input_name} {bundle.input_shape}, classes {bundle.classes}) on {scheme}://{host}:{port}"
-                  + (f" and grpc://{host}:{grpc_port}" if grpc_port is not None else "")
-                  + f"; {workers} worker process(es); API keys: {len(keys) or 'none'}")
-    if not _is_loopback(host) and not keys:
-        console.print("[bold yellow]warning:[/] listening beyond loopback without API keys: anyone who can reach "
-                      "this port can use the analyzer (pass --api-key-file or set PRIVSPLIT_API_KEYS)")
-    if not _is_loopback(host) and not ssl_certfile:
-        console.print("[bold yellow]warning:[/] no TLS: features and API keys travel in clear text "
-                      "(pass --ssl-keyfile/--ssl-certfile or terminate TLS at a proxy)")
+    _announce(bundle, host=host, port=port, grpc_port=grpc_port, workers=workers, keys=keys, tls=bool(ssl_certfile))
     configure = _ui(bundle, client_bundle, onnx, host=host, port=port, keys=keys, scheme=scheme) \
         if ui or client_bundle is not None else None
     run_server(bundle if workers == 1 else server_bundle,  # workers load it from the folder
@@ -94,6 +78,37 @@ def serve(
                max_body_bytes=max_body_bytes, ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile,
                log_level=log_level, access_log=access_log, torch_threads=threads or None, http=http, loop=loop,
                grpc_port=grpc_port, workers=workers, configure=configure)
+
+
+def _server_functions(*, grpc: bool) -> tuple[Any, Any]:
+    """``(load_api_keys, serve)`` from the serving runtime; a clear error naming the extra when it is missing."""
+    try:
+        from privsplit.runtime.server import load_api_keys
+        from privsplit.runtime.server import serve as run_server
+    except ImportError as exc:
+        raise ValueError(f"`privsplit serve` needs the serve extra ({exc}): pip install 'privsplit[serve]'") from None
+    if grpc:
+        try:
+            import privsplit.runtime.grpc_server  # noqa: F401
+        except ImportError as exc:
+            raise ValueError(f"--grpc-port needs the grpc extra ({exc}): pip install 'privsplit[grpc]'") from None
+    return load_api_keys, run_server
+
+
+def _announce(bundle: ServerBundle, *, host: str, port: int, grpc_port: int | None, workers: int, keys: list[str],
+              tls: bool) -> None:
+    """Say what is served where, and warn when it is reachable beyond loopback without API keys or TLS."""
+    scheme = "https" if tls else "http"
+    console.print(f"serving [bold]{bundle.model_name}[/] (embedding {bundle.embedding_id[:12]}, input "
+                  f"{bundle.input_name} {bundle.input_shape}, classes {bundle.classes}) on {scheme}://{host}:{port}"
+                  + (f" and grpc://{host}:{grpc_port}" if grpc_port is not None else "")
+                  + f"; {workers} worker process(es); API keys: {len(keys) or 'none'}")
+    if not _is_loopback(host) and not keys:
+        console.print("[bold yellow]warning:[/] listening beyond loopback without API keys: anyone who can reach "
+                      "this port can use the analyzer (pass --api-key-file or set PRIVSPLIT_API_KEYS)")
+    if not _is_loopback(host) and not tls:
+        console.print("[bold yellow]warning:[/] no TLS: features and API keys travel in clear text "
+                      "(pass --ssl-keyfile/--ssl-certfile or terminate TLS at a proxy)")
 
 
 def _ui(bundle: object, client_bundle: Path | None, onnx: Path | None, *, host: str, port: int, keys: list[str],

@@ -192,12 +192,8 @@ class _Canvas:
         return (np.clip(small, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def render_face(face: FaceIdentity, expression: str, rng: np.random.Generator, size: int = 64) -> np.ndarray:
-    """Render ``face`` with ``expression`` and random pose/lighting/background; (size, size, 3) uint8."""
-    if expression not in EXPRESSIONS:
-        raise DataError(f"unknown expression '{expression}'; supported: {', '.join(EXPRESSIONS)}")
-    c, f = _Canvas(size, rng), face
-    curve, mopen, raise_, tilt, eye_open, asym = (v * rng.uniform(0.8, 1.2) for v in EXPRESSIONS[expression])
+def _paint_head(c: _Canvas, f: FaceIdentity, rng: np.random.Generator) -> None:
+    """Neck, ears, shoulders, hair, the face's skin and any beard."""
     skin, hair = np.asarray(f.skin), np.asarray(f.hair)
     a, b, vol = f.face_w, f.face_h, f.hair_vol
     c.paint(c.box(-0.36 * a, 0.36 * a, 0.3, 1.2), skin * 0.85)  # neck
@@ -218,6 +214,12 @@ def render_face(face: FaceIdentity, expression: str, rng: np.random.Generator, s
         texture = rng.uniform(0.75, 1, face_a[win].shape).astype(np.float32)
         c.paint((win, face_a[win] * _step(V[win] - f.nose_len - 0.03, c.aa * 4) * f.beard * texture), hair * 0.6)
     c.paint((_ALL, cap * _step(f.hairline + 0.15 * (U / a) ** 2 - V, c.aa)), strands)  # hair on top
+
+
+def _paint_eyes(c: _Canvas, f: FaceIdentity, rng: np.random.Generator, *, raise_: float, tilt: float,
+                eye_open: float) -> None:
+    """Brows, eyes (random gaze), nostrils and the nose ridge."""
+    skin, hair = np.asarray(f.skin), np.asarray(f.hair)
     ey, rx = -0.08, f.eye_rx
     for s in (-1, 1):
         cx = s * f.eye_dx
@@ -236,6 +238,10 @@ def render_face(face: FaceIdentity, expression: str, rng: np.random.Generator, s
         c.paint(c.ellipse(s * 0.035, f.nose_len, 0.028, 0.016), skin * 0.55)  # nostril
     win, ridge = c.box(0.018, 0.036, ey + 0.06, f.nose_len - 0.01)  # nose ridge shadow
     c.paint((win, 0.45 * ridge), skin * 0.7)
+
+
+def _paint_mouth(c: _Canvas, f: FaceIdentity, expression: str, *, curve: float, mopen: float, asym: float) -> None:
+    """Lips, the open mouth and (when happy) teeth."""
     mw, th, mv = f.mouth_w, f.lip_thick, f.nose_len + f.mouth_gap
     v0, v1 = mv - abs(curve) - asym - th, mv + abs(curve) + mopen + th
 
@@ -252,6 +258,17 @@ def render_face(face: FaceIdentity, expression: str, rng: np.random.Generator, s
     if expression == "happy":  # teeth
         c.paint(c.band(0.0, mw * 0.75, v0, v1, lambda u: line(u) + gap(u) / 4, lambda u: gap(u) * 0.4),
                 (0.93, 0.92, 0.88))
+
+
+def render_face(face: FaceIdentity, expression: str, rng: np.random.Generator, size: int = 64) -> np.ndarray:
+    """Render ``face`` with ``expression`` and random pose/lighting/background; (size, size, 3) uint8."""
+    if expression not in EXPRESSIONS:
+        raise DataError(f"unknown expression '{expression}'; supported: {', '.join(EXPRESSIONS)}")
+    c = _Canvas(size, rng)
+    curve, mopen, raise_, tilt, eye_open, asym = (v * rng.uniform(0.8, 1.2) for v in EXPRESSIONS[expression])
+    _paint_head(c, face, rng)
+    _paint_eyes(c, face, rng, raise_=raise_, tilt=tilt, eye_open=eye_open)
+    _paint_mouth(c, face, expression, curve=curve, mopen=mopen, asym=asym)
     return c.finish(rng)
 
 

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from privsplit.markdown import markdown_table
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["markdown", "write_figures", "fmt_bytes", "partition_markdown", "cost_markdown"]
 
@@ -198,6 +201,16 @@ def _get(rec: Mapping[str, Any], rt: str, field: str) -> tuple[float, float | No
     return _value(rec, rt, field)
 
 
+def _save_figure(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` to ``path`` (parents created) and close it."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
 def _bar_figure(result: Mapping[str, Any], metric: str, path: Path) -> Path:
     import matplotlib
 
@@ -253,10 +266,7 @@ def _bar_figure(result: Mapping[str, Any], metric: str, path: Path) -> Path:
     axes[0][0].legend(fontsize=7, loc="upper right", ncol=2 if len(series) > 2 else 1)
     fig.suptitle(f"{title}\nfull-model bar: value; split bars: full model / configuration", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def _partition_figure(parts: Sequence[Mapping[str, Any]], path: Path) -> Path:
@@ -308,10 +318,7 @@ def _partition_figure(parts: Sequence[Mapping[str, Any]], path: Path) -> Path:
             handles += pv.get_legend_handles_labels()[0]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06 / len(parts), 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def write_figures(result: Mapping[str, Any], folder: str | Path) -> dict[str, str]:

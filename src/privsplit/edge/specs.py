@@ -59,8 +59,7 @@ class ModelSpec:
 
     def config(self) -> VGGConfig:
         """The :class:`VGGConfig` this spec stands for; ``ValueError`` listing the architectures if unknown."""
-        if self.arch not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture '{self.arch}'; choose one of {', '.join(ARCHITECTURES)}")
+        ARCHITECTURES.get(self.arch)  # raises, listing the registered architectures
         return VGGConfig(arch=self.arch, num_classes=self.num_classes, width=self.width,
                          input_size=self.input_size, batch_norm=self.batch_norm)
 

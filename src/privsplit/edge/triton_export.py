@@ -6,6 +6,7 @@ import contextlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -93,40 +94,21 @@ def triton_config(name: str, *, input_name: str, input_dims: Sequence[int], outp
             f"instance_group [\n  {{\n    count: {int(instance_count)}\n    kind: {instance_kind}\n  }}\n]\n")
 
 
-def export_server_onnx(bundle: ServerBundle | str | Path, repo: str | Path, *, name: str | None = None,
-                       version: int = 1, max_batch_size: int = 64, instance_kind: str = "KIND_CPU",
-                       atol: float = DEFAULT_ATOL, batch_sizes: Sequence[int] = (1, 3), seed: int = 0,
-                       opset: int | None = None) -> ExportReport:
-    """Server bundle -> Triton model repository ``repo/<name>/<version>/model.onnx`` + ``config.pbtxt``.
-
-    ``name`` defaults to the bundle's ``model_name``. Outputs are the bundle's declared outputs
-    (``probabilities`` FP32 ``[C]``, ``label`` BYTES ``[1]``).
-    """
-    _require_onnx()
-    bundle = _as_server(bundle)
-    name = name or bundle.model_name
-    if not name or "/" in name or name.startswith("."):
-        raise ExportError(f"invalid Triton model name {name!r}")
+def _server_outputs(bundle: ServerBundle) -> list[dict[str, Any]]:
+    """The bundle's declared outputs; ``ExportError`` unless they are (probabilities FP32, label BYTES)."""
     outputs = bundle.manifest.get("outputs") or [{"name": "probabilities", "datatype": "FP32",
                                                    "shape": [len(bundle.classes)]},
                                                   {"name": "label", "datatype": "BYTES", "shape": [1]}]
-    out_names = [o["name"] for o in outputs]
     if len(outputs) != 2 or outputs[0]["datatype"] != "FP32" or outputs[1]["datatype"] != "BYTES":
-        raise ExportError(f"server bundle declares outputs {out_names}; this exporter writes (probabilities FP32, "
-                          "label BYTES)")
-    model_dir = Path(repo) / name
-    path = model_dir / str(int(version)) / "model.onnx"
-    module = _Probabilities(bundle.analyzer).eval()
-    meta = {"privsplit.format": "privsplit.server-onnx/1", "privsplit.embedding_id": bundle.embedding_id,
-            "privsplit.model_name": bundle.model_name, "privsplit.kind": bundle.kind,
-            "privsplit.layer": bundle.layer, "privsplit.classes": json.dumps(bundle.classes),
-            "privsplit.primary": bundle.primary,
-            "privsplit.tensors_sha256": str(bundle.manifest.get("tensors_sha256", ""))}
-    rep = export_module_onnx(module, bundle.input_shape, path, input_name=bundle.input_name,
-                             output_name=out_names[0], metadata=meta, atol=atol, batch_sizes=batch_sizes,
-                             seed=seed, opset=opset)
-    _add_label_output(path, out_names[0], out_names[1], bundle.classes)
-    # re-verify the final file: probabilities within atol, labels = torch arg-max (where not a near tie)
+        raise ExportError(f"server bundle declares outputs {[o['name'] for o in outputs]}; this exporter writes "
+                          "(probabilities FP32, label BYTES)")
+    return outputs
+
+
+def _verify_server_onnx(path: Path, module: nn.Module, bundle: ServerBundle, out_names: Sequence[str], *,
+                        atol: float, batch_sizes: Sequence[int], seed: int) -> dict[int, float]:
+    """Max |ONNX - torch| probability per batch size of the written file; ``ExportError`` (and the file
+    removed) when a label differs from torch's arg-max where that is not a near tie."""
     session = _ort_session(path)
     diffs: dict[int, float] = {}
     for b in batch_sizes:
@@ -143,6 +125,38 @@ def export_server_onnx(bundle: ServerBundle | str | Path, repo: str | Path, *, n
             with contextlib.suppress(OSError):
                 path.unlink()
             raise ExportError(f"ONNX labels {got.tolist()} differ from torch {want.tolist()} at batch {b}")
+    return diffs
+
+
+def export_server_onnx(bundle: ServerBundle | str | Path, repo: str | Path, *, name: str | None = None,
+                       version: int = 1, max_batch_size: int = 64, instance_kind: str = "KIND_CPU",
+                       atol: float = DEFAULT_ATOL, batch_sizes: Sequence[int] = (1, 3), seed: int = 0,
+                       opset: int | None = None) -> ExportReport:
+    """Server bundle -> Triton model repository ``repo/<name>/<version>/model.onnx`` + ``config.pbtxt``.
+
+    ``name`` defaults to the bundle's ``model_name``. Outputs are the bundle's declared outputs
+    (``probabilities`` FP32 ``[C]``, ``label`` BYTES ``[1]``).
+    """
+    _require_onnx()
+    bundle = _as_server(bundle)
+    name = name or bundle.model_name
+    if not name or "/" in name or name.startswith("."):
+        raise ExportError(f"invalid Triton model name {name!r}")
+    outputs = _server_outputs(bundle)
+    out_names = [o["name"] for o in outputs]
+    model_dir = Path(repo) / name
+    path = model_dir / str(int(version)) / "model.onnx"
+    module = _Probabilities(bundle.analyzer).eval()
+    meta = {"privsplit.format": "privsplit.server-onnx/1", "privsplit.embedding_id": bundle.embedding_id,
+            "privsplit.model_name": bundle.model_name, "privsplit.kind": bundle.kind,
+            "privsplit.layer": bundle.layer, "privsplit.classes": json.dumps(bundle.classes),
+            "privsplit.primary": bundle.primary,
+            "privsplit.tensors_sha256": str(bundle.manifest.get("tensors_sha256", ""))}
+    rep = export_module_onnx(module, bundle.input_shape, path, input_name=bundle.input_name,
+                             output_name=out_names[0], metadata=meta, atol=atol, batch_sizes=batch_sizes,
+                             seed=seed, opset=opset)
+    _add_label_output(path, out_names[0], out_names[1], bundle.classes)
+    diffs = _verify_server_onnx(path, module, bundle, out_names, atol=atol, batch_sizes=batch_sizes, seed=seed)
     if max(diffs.values()) > atol:
         _fail(path, f"server ONNX {path}", diffs, atol)
     config = model_dir / "config.pbtxt"

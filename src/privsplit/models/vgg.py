@@ -10,17 +10,30 @@ Choices (the paper fine-tuned pretrained Caffe models; we train from scratch on 
 * ``batch_norm`` (default on) makes small-width from-scratch training converge in a few epochs; it
   is folded into the same named block, so split points are unchanged;
 * ``input_size`` sets the fc6 input; pools use ``ceil_mode`` (as Caffe) so VGG-S works from 48 px.
+
+Architectures are registered by name in :data:`ARCHITECTURES` (a :class:`privsplit.registry.Registry`);
+``VGGConfig(arch=NAME)``, :func:`build_model` and model specs such as ``NAME:0.25:64`` look them up there.
+Add your own, from outside the package, with :func:`register_architecture`::
+
+    from privsplit.models import VGGConfig, register_architecture
+
+    @register_architecture("tiny")
+    def tiny(cfg: VGGConfig) -> nn.Sequential:
+        ...  # named children are the layers `split(model, at=...)` can cut at
 """
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["VGGConfig", "vgg16", "vgg_s", "build_model", "ARCHITECTURES"]
+from privsplit.registry import Registry
+
+__all__ = ["VGGConfig", "vgg16", "vgg_s", "build_model", "ARCHITECTURES", "register_architecture"]
 
 
 @dataclass(frozen=True)
@@ -35,10 +48,12 @@ class VGGConfig:
     dropout: float = 0.5
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as a JSON-ready dict (what manifests store)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VGGConfig:
+        """The config stored by :meth:`to_dict`; unknown keys (from newer versions) are ignored."""
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
@@ -106,11 +121,24 @@ def vgg_s(cfg: VGGConfig | None = None, **overrides: Any) -> nn.Sequential:
     return _head(layers, cfg, c(4096))
 
 
-ARCHITECTURES = {"vgg16": vgg16, "vgg_s": vgg_s}
+#: an architecture takes its :class:`VGGConfig` and returns the model (named children = split points)
+Architecture = Callable[[VGGConfig], nn.Sequential]
+#: architecture name -> builder, in the order menus list them
+ARCHITECTURES: Registry[Architecture] = Registry("architecture", help_ref="help(privsplit.models.vgg)")
+ARCHITECTURES.register("vgg16", vgg16)
+ARCHITECTURES.register("vgg_s", vgg_s)
+
+
+def register_architecture(name: str, builder: Architecture | None = None, *, replace: bool = False) -> Any:
+    """Register ``builder(cfg) -> nn.Sequential`` as architecture ``name`` (a decorator when ``builder`` is omitted).
+
+    Registering a taken name raises :class:`~privsplit.registry.RegistryError` unless ``replace=True``.
+    """
+    return ARCHITECTURES.register(name, replace=replace) if builder is None else \
+        ARCHITECTURES.register(name, builder, replace=replace)
 
 
 def build_model(cfg: VGGConfig) -> nn.Sequential:
-    """Rebuild a model from its config (e.g. read from a manifest)."""
-    if cfg.arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture '{cfg.arch}'; choose one of {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[cfg.arch](cfg)
+    """Rebuild a model from its config (e.g. read from a manifest); an unknown ``arch`` raises
+    :class:`~privsplit.registry.RegistryError` (a ``ValueError``) listing the architectures."""
+    return ARCHITECTURES.get(cfg.arch)(cfg)

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from privsplit import __version__
 from privsplit.defenses.bundles import ServerBundle
@@ -97,7 +98,7 @@ def serve(bundle: ServerBundle | str | Path, *, host: str = "127.0.0.1", port: i
           ssl_certfile: str | None = None, log_level: str = "info", access_log: bool = False,
           torch_threads: int | None = None, http: str = "auto", loop: str = "auto",
           grpc_port: int | None = None, workers: int = 1, metrics_dir: str | Path | None = None,
-          reuse_port: bool = False, configure: Callable[[FastAPI], Any] | None = None) -> None:
+          reuse_port: bool = False, configure: Callable[[FastAPI], object] | None = None) -> None:
     """Serve ``bundle`` until interrupted (``privsplit serve`` calls this): REST on ``port`` and, with
     ``grpc_port``, gRPC beside it, both calling one :class:`AnalyzerService`.
 
@@ -152,7 +153,7 @@ class ServerThread:
     :meth:`stop`.
     """
 
-    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+    def __init__(self, app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
                  graceful_timeout: int = 5, **uvicorn_options: Any) -> None:
         self.app, self.host, self.port = app, host, port
         self.log_level, self.graceful_timeout, self.options = log_level, graceful_timeout, uvicorn_options
@@ -161,6 +162,7 @@ class ServerThread:
 
     @property
     def url(self) -> str:
+        """Base URL the server answers on (``https`` when started with a certificate)."""
         scheme = "https" if self.options.get("ssl_certfile") else "http"
         return f"{scheme}://{self.host}:{self.port}"
 

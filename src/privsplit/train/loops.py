@@ -33,6 +33,8 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, d
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Optimiser and schedule of :func:`train_classifier` (AdamW, warm-up then cosine decay; stored in checkpoints)."""
+
     epochs: int = 6
     batch_size: int = 64
     lr: float = 2e-3
@@ -43,11 +45,14 @@ class TrainConfig:
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as a JSON-ready dict (what checkpoints and manifests store)."""
         return asdict(self)
 
 
 @dataclass
 class TrainResult:
+    """What :func:`train_classifier` returns: per-epoch history, the final evaluation, training seconds."""
+
     history: list[dict[str, float]] = field(default_factory=list)
     report: ClassificationReport | None = None
     seconds: float = 0.0
@@ -65,6 +70,8 @@ def class_weights(labels: torch.Tensor, num_classes: int, mode: str) -> torch.Te
 
 
 def cross_entropy_loss(weight: torch.Tensor | None = None) -> LossFn:
+    """The default :data:`LossFn`: (optionally class-weighted) cross-entropy of the model's logits."""
+
     def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         loss = F.cross_entropy(model(x), y, weight=weight)
         return loss, {"ce": float(loss.detach())}
@@ -96,6 +103,55 @@ def evaluate(model: nn.Module, data: FaceData, *, column: str, batch_size: int =
     metric = ClassificationMetrics(data.classes[column])
     metric.update(predict(model, data.inputs, len(data), batch_size=batch_size), data.labels[column])
     return metric.compute()
+
+
+def _train_epoch(model: nn.Module, train: FaceData, opt: torch.optim.Optimizer, params: list[nn.Parameter],
+                 loss_fn: LossFn, *, column: str, config: TrainConfig, gen: torch.Generator, first_step: int,
+                 total: int, advance: Callable[[str], None]) -> tuple[float, int]:
+    """One pass over ``train``'s shuffled batches; this process's (summed loss, examples seen)."""
+    running, seen = 0.0, 0
+    for i, (batch, x, y) in enumerate(train.batches(config.batch_size, column=column, shuffle=True, generator=gen)):
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(first_step + i, total, config)
+        if config.augment:
+            x = augment(x, gen)  # the whole global batch on every process: same generator state
+        rows = ddp.shard(torch.arange(len(y)))
+        x, y, scale = x[rows], y[rows], ddp.shard_weight(len(rows), len(batch))
+        x = x.contiguous(memory_format=torch.channels_last)
+        opt.zero_grad(set_to_none=True)
+        if len(y):
+            loss, _ = loss_fn(model, x, y)
+            (loss * scale).backward()
+        ddp.average_gradients(params)
+        opt.step()
+        ddp.broadcast_module(model, buffers_only=True)
+        if len(y):
+            running, seen = running + float(loss.detach()) * len(y), seen + len(y)
+        advance(f"{running / max(seen, 1):.3f}")
+    return running, seen
+
+
+def _resume(checkpoint: str | Path | None, model: nn.Module, opt: torch.optim.Optimizer,
+            gen: torch.Generator) -> tuple[TrainResult, int]:
+    """The result so far and the epoch to start at: restored from ``checkpoint`` when it exists, else fresh."""
+    result = TrainResult()
+    if checkpoint is None or not Path(checkpoint).with_suffix(".json").exists():
+        return result, 0
+    meta = load_checkpoint(checkpoint, model=model, optimizer=opt, generator=gen)
+    result.history, result.seconds = meta["history"], meta["seconds"]
+    return result, meta["epoch"]
+
+
+def _epoch_row(model: nn.Module, eval_data: FaceData | None, *, column: str, epoch: int, running: float, seen: int,
+               seconds: float) -> dict[str, float]:
+    """The history row of an epoch: mean loss over every process's examples, seconds, and the evaluation."""
+    running, seen_all = ddp.all_sum([running, float(seen)])  # the global batch's loss, as in one process
+    row = {"epoch": epoch + 1, "loss": running / max(seen_all, 1), "seconds": seconds}
+    if eval_data is not None:
+        rep = evaluate(model, eval_data, column=column)
+        row.update(eval_accuracy=rep.accuracy, eval_balanced_accuracy=rep.balanced_accuracy)
+        model.train()
+    return row
 
 
 def train_classifier(
@@ -134,47 +190,23 @@ def train_classifier(
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total = steps_per_epoch * config.epochs
-    result, start_epoch = TrainResult(), 0
-    if resume and checkpoint is not None and Path(checkpoint).with_suffix(".json").exists():
-        meta = load_checkpoint(checkpoint, model=model, optimizer=opt, generator=gen)
-        start_epoch, result.history, result.seconds = meta["epoch"], meta["history"], meta["seconds"]
+    result, start_epoch = _resume(checkpoint if resume else None, model, opt, gen)
     ddp.broadcast_module(model)  # every process starts from rank 0's weights
     model.train()
     with progress_bar("training", total=total, enabled=progress and ddp.is_main()) as advance:
         advance(start_epoch * steps_per_epoch)
         for epoch in range(start_epoch, config.epochs):
-            t0, running, seen = time.perf_counter(), 0.0, 0
-            for i, (batch, x, y) in enumerate(train.batches(config.batch_size, column=column, shuffle=True, generator=gen)):
-                step = epoch * steps_per_epoch + i
-                for group in opt.param_groups:
-                    group["lr"] = _lr_at(step, total, config)
-                if config.augment:
-                    x = augment(x, gen)  # the whole global batch on every process: same generator state
-                rows = ddp.shard(torch.arange(len(y)))
-                x, y, scale = x[rows], y[rows], ddp.shard_weight(len(rows), len(batch))
-                x = x.contiguous(memory_format=torch.channels_last)
-                opt.zero_grad(set_to_none=True)
-                if len(y):
-                    loss, parts = loss_fn(model, x, y)
-                    (loss * scale).backward()
-                ddp.average_gradients(params)
-                opt.step()
-                ddp.broadcast_module(model, buffers_only=True)
-                if len(y):
-                    running, seen = running + float(loss.detach()) * len(y), seen + len(y)
-                advance(1, epoch=f"{epoch + 1}/{config.epochs}", loss=f"{running / max(seen, 1):.3f}")
-            running, seen = ddp.all_sum([running, float(seen)])  # the global batch's loss, as in one process
-            row = {"epoch": epoch + 1, "loss": running / max(seen, 1), "seconds": time.perf_counter() - t0}
-            if eval_data is not None:
-                rep = evaluate(model, eval_data, column=column)
-                row.update(eval_accuracy=rep.accuracy, eval_balanced_accuracy=rep.balanced_accuracy)
-                model.train()
-            result.history.append(row)
-            result.seconds += row["seconds"]
+            t0 = time.perf_counter()
+            running, seen = _train_epoch(model, train, opt, params, loss_fn, column=column, config=config, gen=gen,
+                                         first_step=epoch * steps_per_epoch, total=total,
+                                         advance=lambda loss: advance(1, epoch=f"{epoch + 1}/{config.epochs}",
+                                                                      loss=loss))
+            result.history.append(_epoch_row(model, eval_data, column=column, epoch=epoch, running=running, seen=seen,
+                                             seconds=time.perf_counter() - t0))
+            result.seconds += result.history[-1]["seconds"]
             if checkpoint is not None and ddp.is_main():
-                save_checkpoint(checkpoint, model=model, optimizer=opt, generator=gen,
-                                meta={"epoch": epoch + 1, "history": result.history, "seconds": result.seconds,
-                                      "config": config.to_dict()})
+                save_checkpoint(checkpoint, model=model, optimizer=opt, generator=gen, meta={
+                    "epoch": epoch + 1, "history": result.history, "seconds": result.seconds, "config": config.to_dict()})
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
                 break
     model.eval()

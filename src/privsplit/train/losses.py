@@ -169,17 +169,8 @@ def _sample(idx: Tensor, k: int, generator: torch.Generator | None) -> Tensor:
     return idx[torch.sort(perm).values]  # keep pair order stable (i<j order), easier to debug
 
 
-def contrastive_loss_terms(
-    features: Tensor,
-    labels: Tensor,
-    *,
-    margin: float,
-    pairs: PairMode = "all",
-    max_pairs: int | None = None,
-    generator: torch.Generator | None = None,
-) -> ContrastiveTerms:
-    """:func:`contrastive_loss` with its parts (per-type means and pair counts); same arguments."""
-    margin = _check_margin(margin)
+def _check_pair_args(features: Tensor, labels: Tensor, pairs: str, max_pairs: int | None) -> Tensor:
+    """Validate :func:`contrastive_loss_terms`' arguments; the labels as a tensor."""
     if pairs not in ("all", "balanced"):
         raise ValueError(f"pairs must be 'all' or 'balanced', got {pairs!r}")
     if max_pairs is not None:
@@ -199,21 +190,18 @@ def contrastive_loss_terms(
         )
     if labels.is_floating_point():
         raise TypeError("labels must be integer class ids (similar = equal labels), got a float tensor")
-    x = _as_compute_dtype(features).flatten(1)
-    n = x.shape[0]
-    zero = x.sum() * 0.0  # keeps the graph connected for batches without pairs
-    if n < 2:
-        return ContrastiveTerms(zero, zero, zero, 0, 0)
+    return labels
 
-    labels = labels.to(x.device)
-    i, j = torch.triu_indices(n, n, offset=1, device=x.device)
-    same = labels[i] == labels[j]
+
+def _select_pairs(same: Tensor, pairs: str, max_pairs: int | None,
+                  generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """Indices (into the upper-triangle pair list) of the similar and dissimilar pairs the loss uses."""
     sim_idx = torch.nonzero(same).flatten()
     dis_idx = torch.nonzero(~same).flatten()
 
     if pairs == "all":
-        if max_pairs is not None and max_pairs < i.numel():
-            keep = _sample(torch.arange(i.numel(), device=x.device), max_pairs, generator)
+        if max_pairs is not None and max_pairs < same.numel():
+            keep = _sample(torch.arange(same.numel(), device=same.device), max_pairs, generator)
             keep_same = same[keep]
             sim_idx, dis_idx = keep[keep_same], keep[~keep_same]
     else:
@@ -226,6 +214,32 @@ def contrastive_loss_terms(
             m = min(m, cap)
         sim_idx = _sample(sim_idx, m, generator)
         dis_idx = _sample(dis_idx, m, generator)
+
+    return sim_idx, dis_idx
+
+
+def contrastive_loss_terms(
+    features: Tensor,
+    labels: Tensor,
+    *,
+    margin: float,
+    pairs: PairMode = "all",
+    max_pairs: int | None = None,
+    generator: torch.Generator | None = None,
+) -> ContrastiveTerms:
+    """:func:`contrastive_loss` with its parts (per-type means and pair counts); same arguments."""
+    margin = _check_margin(margin)
+    labels = _check_pair_args(features, labels, pairs, max_pairs)
+    x = _as_compute_dtype(features).flatten(1)
+    n = x.shape[0]
+    zero = x.sum() * 0.0  # keeps the graph connected for batches without pairs
+    if n < 2:
+        return ContrastiveTerms(zero, zero, zero, 0, 0)
+
+    labels = labels.to(x.device)
+    i, j = torch.triu_indices(n, n, offset=1, device=x.device)
+    same = labels[i] == labels[j]
+    sim_idx, dis_idx = _select_pairs(same, pairs, max_pairs, generator)
 
     d2 = _pairwise_sq_dists(x)
     if sim_idx.numel():

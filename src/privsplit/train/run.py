@@ -8,7 +8,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +20,9 @@ from privsplit.models.vgg import VGGConfig, build_model
 from privsplit.train import distributed as ddp
 from privsplit.train.artifacts import save_model
 from privsplit.train.loops import TrainConfig, evaluate, train_classifier
+
+if TYPE_CHECKING:
+    from privsplit.train.artifacts import ModelArtifact
 
 __all__ = ["RunSpec", "RunResult", "DATASET_DEFAULTS", "prepare_data", "run_training", "load_run", "attack_group"]
 
@@ -36,6 +39,9 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class RunSpec:
+    """One ``privsplit train`` run: dataset, labels, architecture, training and attack-split settings
+    (``None`` fields take the dataset's defaults, see :meth:`resolved`)."""
+
     dataset: str = "synthetic"
     data_root: str | None = None
     primary: str | None = None
@@ -65,6 +71,8 @@ class RunSpec:
 
 @dataclass
 class PreparedData:
+    """A loaded dataset with its identity-disjoint splits and the three subsets they select."""
+
     data: FaceData
     splits: Splits
     train: FaceData
@@ -74,12 +82,15 @@ class PreparedData:
 
 @dataclass
 class RunResult:
+    """Where a run was saved, its test metrics and its training seconds."""
+
     folder: Path
     metrics: dict[str, Any]
     seconds: float
 
 
 def prepare_data(spec: RunSpec, *, progress: bool = True) -> PreparedData:
+    """Load ``spec``'s dataset and make (or reuse) its identity-disjoint train/test/attack splits."""
     spec = spec.resolved()
     manifest = load_manifest(spec.dataset, spec.data_root)
     pre = Preprocess(size=spec.size, crop=manifest.crop, align=spec.align)
@@ -137,7 +148,7 @@ def run_training(spec: RunSpec, out: str | Path, *, resume: bool = False, progre
     return RunResult(out, metrics, result.seconds)
 
 
-def load_run(folder: str | Path, *, data_root: str | None = None, progress: bool = True) -> tuple[Any, PreparedData]:
+def load_run(folder: str | Path, *, data_root: str | None = None, progress: bool = True) -> tuple[ModelArtifact, PreparedData]:
     """Reload a run's model artifact and its data with the *saved* identity-disjoint splits."""
     from privsplit.train.artifacts import load_model
 
@@ -155,6 +166,6 @@ def load_run(folder: str | Path, *, data_root: str | None = None, progress: bool
                              data.subset(splits.attack))
 
 
-def attack_group(art: Any) -> str | None:
+def attack_group(art: ModelArtifact) -> str | None:
     """The column that groups near-duplicate images of the run's dataset (CK+: ``sequence``), if any."""
     return DATASET_DEFAULTS.get(art.manifest["run"]["dataset"], {}).get("attack_group")
