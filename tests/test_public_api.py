@@ -33,13 +33,8 @@ ALLOW: dict[str, str] = {
                                                 "and is not imported to type it",
 }
 
-#: modules another branch was rewriting when the public-API pass ran (defences: noise, build, embedding; device
-#: client). Their problems are reported by the xfail test below instead of failing the suite. After merging that
-#: branch, empty this tuple and fix what test_public_names_are_documented_and_typed then lists.
-PENDING: tuple[str, ...] = (
-    "privsplit.defenses.noise", "privsplit.defenses.build", "privsplit.defenses.embedding",
-    "privsplit.runtime.client",
-)
+#: module prefixes exempted while another branch rewrites them (empty: every public module is checked)
+PENDING: tuple[str, ...] = ()
 
 #: packages whose every submodule's ``__all__`` is checked too (not only the names the package re-exports):
 #: their submodules are the units users import (``privsplit.attacks.recognizer``, ``privsplit.audit.cache``...)
@@ -137,12 +132,6 @@ def test_public_names_are_documented_and_typed():
     assert not found, f"{len(found)} public API problem(s) -- add a one-line docstring / a real type:\n" + \
         "\n".join(found)
 
-
-@pytest.mark.xfail(reason="modules being rewritten on other branches (see PENDING); the lead fixes them after "
-                          "merging", strict=False)
-def test_pending_modules_once_merged():
-    found = [p for p in problems() if _pending(p)]
-    assert not found, f"{len(found)} public API problem(s) in PENDING modules:\n" + "\n".join(found)
 
 
 def test_top_level_names_are_lazy_and_resolve():

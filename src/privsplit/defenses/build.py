@@ -48,6 +48,9 @@ NOISE_MODES = {"fresh": GaussianNoise, "keyed": KeyedGaussianNoise}
 
 @dataclass(frozen=True)
 class SiameseConfig:
+    """The paper's Siamese fine-tuning (Section III-A): contrastive ``weight`` and ``margin``, which pairs
+    and layers train, and the training loop's own settings."""
+
     weight: float = 1.0
     margin: float = 1.0
     pairs: str = "all"

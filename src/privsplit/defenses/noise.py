@@ -150,7 +150,7 @@ class GaussianNoise(nn.Module):
     kind = "gaussian"
     std: Tensor | None
 
-    def __init__(self, *, sigma: float = 0.0, scale: NoiseScale = "isotropic", std: Tensor | Sequence[Any] | None = None,
+    def __init__(self, *, sigma: float = 0.0, scale: NoiseScale = "isotropic", std: Tensor | Sequence[float] | None = None,
                  deterministic: bool = False, seed: int | None = None) -> None:
         super().__init__()
         self.sigma = _check_sigma(sigma)
@@ -256,6 +256,7 @@ class NoNoise(nn.Module):
         return x
 
     def spec(self) -> dict[str, Any]:
+        """The bundle's noise spec: just the kind (no noise)."""
         return {"kind": self.kind}
 
     @classmethod

@@ -31,6 +31,7 @@ from urllib.parse import quote, urlsplit
 import numpy as np
 import torch
 
+from privsplit.data.align import FaceDetector
 from privsplit.data.transforms import Preprocess, decode_image, normalize, prepare_image
 from privsplit.defenses.bundles import INPUT_NAME, OUTPUT_NAMES, ClientBundle, load_client_bundle
 from privsplit.defenses.keyed import KeyStore, crop_hash
@@ -61,7 +62,7 @@ class Prediction:
 
 # ============================================================================ images
 
-def load_images(images: ImageInput | Sequence[ImageInput], pre: Preprocess, *, detector: Any = None) -> np.ndarray:
+def load_images(images: ImageInput | Sequence[ImageInput], pre: Preprocess, *, detector: FaceDetector | str | None = None) -> np.ndarray:
     """Image paths and/or uint8 arrays (HxWx3, or one NxHxWx3 array) -> uint8 ``N x size x size x 3``.
 
     Every image goes through :func:`privsplit.data.transforms.prepare_image`, the path training used
@@ -120,7 +121,7 @@ class Client:
                  binary: bool = True, timeout: float = 10.0, retries: int = 3, backoff: float = 0.2,
                  extractor: str = "torch", onnx_path: str | Path | None = None, model_name: str | None = None,
                  batch_size: int = 64, ssl_context: ssl.SSLContext | None = None, protocol: str = "rest",
-                 detector: Any = None, key_store: KeyStore | None = None) -> None:
+                 detector: FaceDetector | str | None = None, key_store: KeyStore | None = None) -> None:
         if protocol not in ("rest", "grpc"):
             raise ValueError(f"protocol must be 'rest' or 'grpc', got {protocol!r}")
         if retries < 0 or backoff < 0 or timeout <= 0 or batch_size < 1:
