@@ -29,37 +29,27 @@ class EmbeddingKind:
     noisy: bool
 
 
+def _kinds(kind: str, help_ref: str, table: str) -> Registry[EmbeddingKind]:
+    """A registry of :class:`EmbeddingKind` from ``name S R N`` lines (1 = Siamese / reduced / noisy)."""
+    reg: Registry[EmbeddingKind] = Registry(kind, help_ref=help_ref)
+    for line in table.split(";"):
+        name, *flags = line.split()
+        reg.register(name, EmbeddingKind(name, *(f == "1" for f in flags)))
+    return reg
+
+
 #: The paper's named embeddings; ``advanced`` is the noisy reduced Siamese embedding. A registry like
 #: every other named concept (``EMBEDDINGS.register(kind.name, kind)`` adds one; building it is
 #: :func:`privsplit.defenses.build.build_embedding`'s job).
-EMBEDDINGS: Registry[EmbeddingKind] = Registry("embedding", help_ref="help(privsplit.defenses)")
-for _kind in (
-    EmbeddingKind("simple", siamese=False, reduced=False, noisy=False),
-    EmbeddingKind("reduced-simple", siamese=False, reduced=True, noisy=False),
-    EmbeddingKind("siamese", siamese=True, reduced=False, noisy=False),
-    EmbeddingKind("reduced-siamese", siamese=True, reduced=True, noisy=False),
-    EmbeddingKind("noisy-reduced-simple", siamese=False, reduced=True, noisy=True),
-    EmbeddingKind("advanced", siamese=True, reduced=True, noisy=True),
-):
-    EMBEDDINGS.register(_kind.name, _kind)
-
+EMBEDDINGS = _kinds("embedding", "help(privsplit.defenses)",
+                    "simple 0 0 0; reduced-simple 0 1 0; siamese 1 0 0; reduced-siamese 1 1 0;"
+                    "noisy-reduced-simple 0 1 1; advanced 1 1 1")
 
 #: Kinds of the defences and baselines of :mod:`privsplit.defenses.zoo` (built there, listed here so their
 #: embeddings and bundles load without importing the training code).
-ZOO_KINDS: Registry[EmbeddingKind] = Registry("defence embedding", help_ref="help(privsplit.defenses.zoo)")
-for _kind in (
-    EmbeddingKind("nopeek", siamese=False, reduced=False, noisy=False),
-    EmbeddingKind("adversarial", siamese=False, reduced=False, noisy=False),
-    EmbeddingKind("siamese-adversarial", siamese=True, reduced=False, noisy=False),
-    EmbeddingKind("gaussian-split", siamese=False, reduced=False, noisy=True),
-    EmbeddingKind("learned-noise", siamese=False, reduced=False, noisy=True),
-    EmbeddingKind("calibrated-noise", siamese=True, reduced=True, noisy=True),
-    EmbeddingKind("blur", siamese=False, reduced=False, noisy=False),
-    EmbeddingKind("pixelate", siamese=False, reduced=False, noisy=False),
-    EmbeddingKind("send-image", siamese=False, reduced=False, noisy=False),
-):
-    ZOO_KINDS.register(_kind.name, _kind)
-del _kind
+ZOO_KINDS = _kinds("defence embedding", "help(privsplit.defenses.zoo)",
+                   "nopeek 0 0 0; adversarial 0 0 0; siamese-adversarial 1 0 0; gaussian-split 0 0 1;"
+                   "learned-noise 0 0 1; calibrated-noise 1 1 1; blur 0 0 0; pixelate 0 0 0; send-image 0 0 0")
 
 
 def embedding_kind(name: str) -> EmbeddingKind:
