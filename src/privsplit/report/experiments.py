@@ -46,7 +46,8 @@ def rank_privacy_of(embedding: Embedding, data: FaceData, *, sensitive: str = "i
 def noise_tradeoff(embedding: Embedding, sigmas: Sequence[float], *, test: FaceData, attack: AttackData,
                    primary: str, transfer: TransferConfig | None = None, name: str | None = None,
                    sensitive: str = "identity", seed: int = 0, aux: FaceData | None = None,
-                   group: str | None = None, n_enrol: int = 15, audit_seeds: int = 1) -> list[dict[str, Any]]:
+                   group: str | None = None, n_enrol: int = 15, audit_seeds: int = 1,
+                   audit_options: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Accuracy vs privacy over noise levels (the paper's Fig. 10): one row per sigma.
 
     Identity leakage per sigma is the audit's fast profile (worst case over its attacks, chosen on
@@ -74,7 +75,7 @@ def noise_tradeoff(embedding: Embedding, sigmas: Sequence[float], *, test: FaceD
             row.update(identity_attacks(emb, attack, primary=primary, transfer=transfer, name=name))
         if profile_available("fast"):
             row.update(audit_row(emb, attack.all, aux=aux, group=group, profile="fast", seeds=audit_seeds,
-                                 sensitive=sensitive, primary=primary, n_enrol=n_enrol))
+                                 options=audit_options, sensitive=sensitive, primary=primary, n_enrol=n_enrol))
         rows.append(row)
     return rows
 

@@ -99,7 +99,8 @@ def _tradeoff(ctx: Context) -> list[dict[str, Any]]:
                                   tuned=tuned, noise_seed=c["seed"], progress=False)
             rows += noise_tradeoff(emb, c["sigmas"], test=p.test, attack=data, primary=art.primary,
                                    transfer=transfer, seed=c["seed"], aux=p.train, group=c.get("attack_group"),
-                                   n_enrol=c["n_train"], audit_seeds=c.get("audit_seeds", 1))
+                                   n_enrol=c["n_train"], audit_seeds=c.get("audit_seeds", 1),
+                                   audit_options=c.get("audit_options") or None)
     write_rows(ctx.figure("tradeoff"), rows)
     unprotected = ctx.results["train"]["test"]["accuracy"]
     last = c["tradeoff_layers"][-1]
