@@ -34,6 +34,8 @@ class FeatureCache:
 
     def __init__(self) -> None:
         self.store: dict[tuple[Any, ...], Tensor] = {}
+        #: what attacks learn from the aux people alone, keyed by them (``privsplit.attacks.common.shared``)
+        self.artifacts: dict[tuple[Any, ...], Any] = {}
         self.hits = self.misses = 0
 
     @staticmethod
@@ -72,5 +74,6 @@ def with_cache(embedding: Any, cache: FeatureCache) -> Any:
         return embedding
     view = embedding.with_noise(embedding.noise)
     view._feature_cache = cache
+    view._artifacts = cache.artifacts
     view.client_features = types.MethodType(_cached_client_features, view)
     return view
