@@ -209,3 +209,20 @@ def test_spatial_features_take_the_conv_path(planted):
         if name == "metric":
             assert isinstance(attack.net[1], torch.nn.Conv2d)
         assert attack.evaluate(data.query).figures["top1"].value > 0.25  # chance 5%
+
+
+def test_metric_network_is_shared_within_an_audit_store_only(planted):
+    """An audit's artifact store lets the validation and query fits of one seed share the aux-trained
+    network (it never sees the targets); another seed, or no store, trains afresh."""
+    data = attack_data(planted.targets, aux=planted.aux)
+    emb = planted.embedding(SIGMA)
+    opts = dict(METRIC, epochs=2)
+    emb._artifacts = {}
+    enrol, val = data.validation(n_val=5, seed=0)
+    a = ATTACKS.build("metric", emb, aux=planted.aux, seed=0, **opts).fit(enrol)
+    b = ATTACKS.build("metric", emb, aux=planted.aux, seed=0, **opts).fit(data.enrol)
+    c = ATTACKS.build("metric", emb, aux=planted.aux, seed=1, **opts).fit(data.enrol)
+    assert a.net is b.net and c.net is not a.net and len(emb._artifacts) == 2
+    del emb._artifacts
+    d = ATTACKS.build("metric", emb, aux=planted.aux, seed=0, **opts).fit(data.enrol)
+    assert d.net is not a.net

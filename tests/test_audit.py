@@ -222,6 +222,7 @@ def test_feature_cache_matches_the_extractor_and_never_goes_stale(one_thread):
                                reconstruct=nn.Identity(), noise=GaussianNoise(sigma=0.0)).eval()
     cache = FeatureCache()
     view = with_cache(emb, cache)
+    assert view._artifacts is cache.artifacts and not hasattr(emb, "_artifacts")  # aux-only models: per audit
     x = torch.randn(6, 3, 8, 8)
     with torch.no_grad():
         ref = emb.client_features(x, noisy=False)

@@ -1,13 +1,46 @@
 """Helpers shared by attacks: what the server receives, label remapping, the primary-label floor."""
 from __future__ import annotations
 
+from typing import Callable, TypeVar
+
 import torch
 from torch import nn
 
 from privsplit.data.faces import FaceData
 from privsplit.data.transforms import augment
 
-__all__ = ["received_features", "clean_features", "relabel", "primary_label_floor", "topk_hits", "optimizer_step"]
+T = TypeVar("T")
+
+__all__ = ["received_features", "clean_features", "relabel", "primary_label_floor", "topk_hits", "shared",
+           "aux_key", "optimizer_step"]
+
+
+def shared(embedding: nn.Module, key: tuple, make: Callable[[], T]) -> T:
+    """``make()``, memoised in the artifact store an audit attaches to ``embedding`` (``_artifacts``; see
+    :func:`privsplit.audit.cache.with_cache`), else computed afresh.
+
+    Why: what an attack learns from the auxiliary people alone (the metric network, the decoder, the
+    dlib matcher's enrolments) does not depend on the targets, so the audit's validation fit and query
+    fit of one seed -- and two attacks sharing a recognizer -- can reuse it instead of training it twice.
+    ``key`` must hold everything the artifact depends on besides the targets (aux, seed, options,
+    noise and layers); :func:`aux_key` covers the aux data and the layers.
+    """
+    store = getattr(embedding, "_artifacts", None)
+    if store is None:
+        return make()
+    if key not in store:
+        store[key] = make()
+    return store[key]
+
+
+def aux_key(embedding: nn.Module, aux: FaceData | None) -> tuple:
+    """What an aux-trained artifact depends on besides its own options: the aux photos (object and size;
+    an audit keeps them alive throughout), the shipped layers and the noise spec."""
+    noise = getattr(embedding, "noise", None)
+    std = getattr(noise, "std", None)
+    layers = tuple(id(getattr(embedding, a, None)) for a in ("extractor", "reduce"))
+    return (id(aux), 0 if aux is None else len(aux), layers, type(noise).__name__, getattr(noise, "sigma", None),
+            getattr(noise, "scale", None), None if std is None else tuple(std.flatten().tolist()))
 
 
 @torch.no_grad()

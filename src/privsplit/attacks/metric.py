@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from privsplit.attacks.base import ATTACKS, AttackResult, Figure, IdentityAttack
-from privsplit.attacks.common import clean_features, optimizer_step, relabel
+from privsplit.attacks.common import aux_key, clean_features, optimizer_step, relabel, shared
 from privsplit.data.faces import FaceData
 
 __all__ = ["MetricAttack", "embedding_net", "verification_figures"]
@@ -117,7 +117,10 @@ class MetricAttack(IdentityAttack):
                           for s in range(0, len(received), 1024)])
 
     def fit(self, train: FaceData, *, column: str = "identity") -> MetricAttack:
-        self.net = self.train_network(column)
+        # the network depends on the aux people only: an audit's validation and query fits of one seed share it
+        opts = tuple(sorted((k, v) for k, v in self.options.items() if k != "enrol_draws"))
+        key = ("metric-net", aux_key(self.embedding, self.aux), column, self.seed, opts)
+        self.net = shared(self.embedding, key, lambda: self.train_network(column))
         y, self.classes = relabel(train.labels[column])
         clean = clean_features(self.embedding, train)[0]
         with torch.no_grad():

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from privsplit.attacks.base import AttackResult, Figure, IdentityAttack
-from privsplit.attacks.common import relabel
+from privsplit.attacks.common import relabel, shared
 from privsplit.data.faces import FaceData
 
 if TYPE_CHECKING:
@@ -98,7 +98,8 @@ class RecognizerAttack(IdentityAttack):
         if self.matcher is None:
             from privsplit.attacks.face_match import FaceMatcher
 
-            self.matcher = FaceMatcher()
+            # one matcher per audit: it memoises the dlib enrolment per image set, shared by the image attacks
+            self.matcher = shared(self.embedding, ("face-matcher",), FaceMatcher)
         t0 = time.perf_counter()
         desc = self.matcher.enrol(train.images)
         self._box = self.matcher.box

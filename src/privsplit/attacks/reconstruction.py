@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from privsplit.attacks.base import ATTACKS, Attack, AttackResult
-from privsplit.attacks.common import primary_label_floor
+from privsplit.attacks.common import aux_key, primary_label_floor, shared
 from privsplit.attacks.decoder import Decoder, ReconConfig, decoder_features, to_unit, train_decoder
 from privsplit.attacks.recognizer import RecognizerAttack, mean_figure
 from privsplit.attacks.face_match import FaceMatcher
@@ -161,7 +161,11 @@ class ReconstructionIdentityAttack(RecognizerAttack):
         self.reconstruction = ReconstructionAttack(embedding, config=self.config, embedding_name=embedding_name)
 
     def learn(self, aux: FaceData) -> None:
-        self.reconstruction.fit(aux)
+        # the decoder depends on the aux people only: an audit's validation and query fits of one seed share it
+        rec = self.reconstruction
+        key = ("decoder", aux_key(self.embedding, aux), repr(asdict(self.config)))
+        rec.decoder, rec.history, rec.mean_face, rec.fit_seconds = shared(
+            self.embedding, key, lambda: (rec.fit(aux).decoder, rec.history, rec.mean_face, rec.fit_seconds))
         self.mean_face = self.reconstruction.mean_face
         self.stats["train_loss"] = self.reconstruction.history
 

@@ -39,6 +39,8 @@ class FeatureCache:
 
     def __init__(self) -> None:
         self.store: dict[tuple[object, ...], Tensor] = {}
+        #: what attacks learn from the aux people alone, keyed by them (``privsplit.attacks.common.shared``)
+        self.artifacts: dict[tuple[object, ...], object] = {}
         self.hits = self.misses = 0
 
     @staticmethod
@@ -77,5 +79,6 @@ def with_cache(embedding: E, cache: FeatureCache) -> E:
         return embedding
     view = embedding.with_noise(embedding.noise)
     view._feature_cache = cache
+    view._artifacts = cache.artifacts
     view.client_features = types.MethodType(_cached_client_features, view)
     return view

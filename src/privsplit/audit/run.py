@@ -209,7 +209,8 @@ def audit(target: Embedding | str | Path, data: FaceData | AttackData, *, attack
           gate_strict: bool = False, aux: FaceData | None = None, n_enrol: int = 15, n_val: int = 5,
           per_identity: int | None = None, group: str | None = None, repeats: int = 1,
           options: dict[str, dict[str, Any]] | None = None, validation_seeds: int | None = 1, n_boot: int = 2000,
-          provenance: dict[str, Any] | None = None, progress: bool = True, cache_features: bool = True) -> AuditReport:
+          provenance: dict[str, Any] | None = None, progress: bool = True, cache_features: bool = True,
+          cache: FeatureCache | None = None) -> AuditReport:
     """Audit an embedding against every attack of ``profile``; the headline is the worst case.
 
     Args:
@@ -226,6 +227,8 @@ def audit(target: Embedding | str | Path, data: FaceData | AttackData, *, attack
         options: per-attack keyword options, e.g. ``{"transfer": {"config": ...}}``.
         cache_features: share noise-free client features between attacks and seeds
             (:mod:`privsplit.audit.cache`; the figures are identical, only faster).
+        cache: a ``FeatureCache`` to use (and keep) instead of a new one, e.g. to audit one embedding at
+            several ``repeats`` while training the aux-only models (metric network, decoder) once per seed.
     """
     t_start = time.perf_counter()
     names = select_attacks(attacks, profile)
@@ -238,7 +241,7 @@ def audit(target: Embedding | str | Path, data: FaceData | AttackData, *, attack
              for s in seed_list]
     cfg = {"sensitive": sensitive, "primary": primary, "repeats": repeats, "options": options or {},
            "embedding_name": name, "n_val": n_val, "validation_seeds": validation_seeds,
-           "cache": FeatureCache() if cache_features else None}
+           "cache": cache if cache is not None else FeatureCache() if cache_features else None}
     runs = _run_attacks(embedding, draws, seed_list, names, cfg, progress)
     summaries = [_summarise(n, runs[n], n_boot) for n in names]
     floors = mean_floors([floors_of(d.enrol, d.query, sensitive=sensitive, primary=primary, structure=group is not None)
