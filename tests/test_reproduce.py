@@ -20,6 +20,8 @@ attack_epochs = 1
 attack_restarts = 1
 audit_seeds = 1
 audit_options = { metric = { epochs = 2 } }
+audit_attacks = ["1-nn", "likelihood"]  # the audit's plumbing; the attacks have their own tests
+attack_head = "mlp"
 per_identity = 20
 n_train = 15
 tradeoff_layers = ["conv5_3"]

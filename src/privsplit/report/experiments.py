@@ -47,7 +47,8 @@ def noise_tradeoff(embedding: Embedding, sigmas: Sequence[float], *, test: FaceD
                    primary: str, transfer: TransferConfig | None = None, name: str | None = None,
                    sensitive: str = "identity", seed: int = 0, aux: FaceData | None = None,
                    group: str | None = None, n_enrol: int = 15, audit_seeds: int = 1,
-                   audit_options: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+                   audit_options: dict[str, dict[str, Any]] | None = None,
+                   audit_attacks: str | list[str] = "all") -> list[dict[str, Any]]:
     """Accuracy vs privacy over noise levels (the paper's Fig. 10): one row per sigma.
 
     Identity leakage per sigma is the audit's fast profile (worst case over its attacks, chosen on
@@ -75,7 +76,8 @@ def noise_tradeoff(embedding: Embedding, sigmas: Sequence[float], *, test: FaceD
             row.update(identity_attacks(emb, attack, primary=primary, transfer=transfer, name=name))
         if profile_available("fast"):
             row.update(audit_row(emb, attack.all, aux=aux, group=group, profile="fast", seeds=audit_seeds,
-                                 options=audit_options, sensitive=sensitive, primary=primary, n_enrol=n_enrol))
+                                 options=audit_options, attacks=audit_attacks, sensitive=sensitive, primary=primary,
+                                 n_enrol=n_enrol))
         rows.append(row)
     return rows
 

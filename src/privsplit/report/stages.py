@@ -56,15 +56,18 @@ def _audit_options(ctx: Context) -> dict[str, Any] | None:
         return None
     _, p = ctx.run()
     return {"aux": p.train, "group": c.get("attack_group"), "profile": profile, "seeds": c.get("audit_seeds", 1),
-            "n_enrol": c["n_train"], "options": c.get("audit_options") or None}
+            "n_enrol": c["n_train"], "options": c.get("audit_options") or None, "attacks": c.get("audit_attacks", "all")}
 
 
 def _transfer_cfg(c: dict[str, Any]) -> Any:
     """The transfer attack of the report tables: ``attack_epochs`` per member, ``attack_restarts`` (default
-    the attack's own 3) members per head; a config states its budget, the attack never cuts it silently."""
+    the attack's own 3) members per head, ``attack_head`` (default its ``auto``); a config states its
+    budget, the attack never cuts it silently."""
     from privsplit.attacks.transfer import TransferConfig
 
     extra = {"restarts": c["attack_restarts"]} if "attack_restarts" in c else {}
+    if "attack_head" in c:
+        extra["head"] = c["attack_head"]
     return TransferConfig(epochs=c["attack_epochs"], seed=c["seed"], **extra)
 
 
@@ -100,7 +103,8 @@ def _tradeoff(ctx: Context) -> list[dict[str, Any]]:
             rows += noise_tradeoff(emb, c["sigmas"], test=p.test, attack=data, primary=art.primary,
                                    transfer=transfer, seed=c["seed"], aux=p.train, group=c.get("attack_group"),
                                    n_enrol=c["n_train"], audit_seeds=c.get("audit_seeds", 1),
-                                   audit_options=c.get("audit_options") or None)
+                                   audit_options=c.get("audit_options") or None,
+                                   audit_attacks=c.get("audit_attacks", "all"))
     write_rows(ctx.figure("tradeoff"), rows)
     unprotected = ctx.results["train"]["test"]["accuracy"]
     last = c["tradeoff_layers"][-1]
@@ -180,10 +184,11 @@ STAGES: list[Stage] = [
     Stage("embeddings", _embeddings,
           lambda c: len(c["layers"]) * (c["siamese_epochs"] * _estimate_epoch_s(c) + 4 * 60) / 60,
           ("layers", "siamese_epochs", "attack_epochs", "attack_restarts", "per_identity", "n_train", "attack_group",
-           "seed", "audit_profile", "audit_seeds", "audit_options")),
+           "seed", "audit_profile", "audit_seeds", "audit_options", "audit_attacks", "attack_head")),
     Stage("tradeoff", _tradeoff, lambda c: len(c["tradeoff_layers"]) * 2 * len(c["sigmas"]) * 10 / 60,
           ("tradeoff_layers", "sigmas", "tradeoff_transfer", "siamese_epochs", "attack_epochs", "per_identity",
-           "n_train", "attack_group", "seed", "audit_seeds", "audit_options", "attack_restarts")),
+           "n_train", "attack_group", "seed", "audit_seeds", "audit_options", "attack_restarts", "audit_attacks",
+           "attack_head")),
     Stage("reconstruction", _reconstruction, lambda c: 3 * c.get("recon_epochs", 0) * _estimate_epoch_s(c) / 60,
           ("layers", "siamese_epochs", "recon_epochs", "recon_sigma", "seed")),
     Stage("cost", _cost, lambda c: 2 + 10 * sum(":224" in m for m in c.get("cost_models", [])),
