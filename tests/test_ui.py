@@ -155,9 +155,12 @@ def test_browser_extracts_noises_and_sends_only_k_floats(bundles, tmp_path):
 
     app = Recorder(_app(bundles[0]))
     photos = _photos(tmp_path, 6)
+    bundle = client_bundle(bundles[0][0])
     with ServerThread(app) as server:
         got = run_page(server.url, photos)
-    bundle = client_bundle(bundles[0][0])
+        page_requests = list(app.requests)  # before the Python client and tritonclient add theirs
+        sent = np.array([r["noisy"] for r in got["results"]], dtype=np.float32)
+        others = _labels_elsewhere(server.url, bundle, sent)
     k = math.prod(bundle.feature_shape)
     results = got["results"]
     assert [r.get("error") for r in results] == [None] * len(photos) and len(results) == len(photos)
@@ -166,13 +169,12 @@ def test_browser_extracts_noises_and_sends_only_k_floats(bundles, tmp_path):
         want = bundle.extractor(normalize(torch.from_numpy(pix).permute(0, 3, 1, 2), bundle.preprocess)).numpy()
     clean = np.array([r["clean"] for r in results], dtype=np.float32)
     np.testing.assert_allclose(clean, want.reshape(len(photos), -1), atol=FEATURE_ATOL, rtol=FEATURE_RTOL)
-    sent = np.array([r["noisy"] for r in results], dtype=np.float32)
     scale = bundle.noise.sigma * (1.0 if bundle.noise.std is None else bundle.noise.std.numpy().reshape(-1))
     assert 0.3 < float(((sent - clean) / scale).std()) < 3  # fresh noise of the bundle's level
     # where the page went: only the test server
     urls = [r["url"] for r in got["requests"]]
     assert urls and all(u.startswith(server.url + "/") or u.startswith("blob:") for u in urls), urls
-    posts = [r for r in app.requests if r["method"] == "POST"]
+    posts = [r for r in page_requests if r["method"] == "POST"]
     assert len(posts) == len(photos)
     for post in posts:
         assert post["path"] == f"/v2/models/{bundle.model_name}/infer"
@@ -184,6 +186,29 @@ def test_browser_extracts_noises_and_sends_only_k_floats(bundles, tmp_path):
         assert len(post["body"]) < 200 + 30 * k  # a few hundred bytes: no image could fit
     assert {r["label"] for r in results} <= {"F", "M"}
     assert all(0.5 <= r["probability"] <= 1 for r in results)
+    # the same features sent by the Python client and by stock tritonclient get the page's labels
+    page_labels = [r["label"] for r in results]
+    assert others == {"python client": page_labels, "tritonclient": page_labels}
+
+
+def _labels_elsewhere(url: str, bundle, sent: np.ndarray) -> dict[str, list[str]]:
+    """Labels for the page's own noisy features from the Python client and from ``tritonclient.http``."""
+    import tritonclient.http as triton_http
+
+    from privsplit.runtime.client import Client
+
+    feats = sent.reshape(len(sent), *bundle.feature_shape)
+    python = [p.label for p in Client(bundle, url).infer_features(feats)]
+    triton = triton_http.InferenceServerClient(url=url.removeprefix("http://"))
+    try:
+        inp = triton_http.InferInput("features", list(feats.shape), "FP32")
+        inp.set_data_from_numpy(feats, binary_data=True)
+        res = triton.infer(bundle.model_name, [inp], outputs=[triton_http.InferRequestedOutput("label")],
+                           parameters={"embedding_id": bundle.embedding_id})
+        labels = [v.decode() if isinstance(v, bytes) else v for v in res.as_numpy("label").tolist()]
+    finally:
+        triton.close()
+    return {"python client": python, "tritonclient": labels}
 
 
 def test_serve_ui_needs_a_matching_client_bundle(bundles):
