@@ -68,3 +68,23 @@ def test_artifact_roundtrip_and_tamper(tiny_faces, tmp_path):
         load_model(tmp_path)
     with pytest.raises(FileNotFoundError, match="not a privsplit model folder"):
         load_model(tmp_path / "nope")
+
+
+def test_freeze_keeps_lower_layers_exactly(tiny_faces):
+    """``freeze='conv2_2'``: conv1_1..conv2_2 keep weights *and* BatchNorm statistics; layers above learn."""
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_classifier(model, tiny_faces, column="gender", config=TrainConfig(epochs=1, batch_size=16, freeze="conv2_2"),
+                     progress=False)
+    after = model.state_dict()
+    frozen = [k for k in before if k.split(".")[0] in ("conv1_1", "conv1_2", "conv2_1", "conv2_2")]
+    assert frozen and any("running_mean" in k for k in frozen)
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    assert not torch.equal(before["conv3_1.0.weight"], after["conv3_1.0.weight"])
+    assert not torch.equal(before["fc8.weight"], after["fc8.weight"])
+
+
+def test_freeze_unknown_layer_names_the_choices(tiny_faces):
+    with pytest.raises(ValueError, match="freeze='conv9' is not a layer of this model; use one of: conv1_1, conv1_2"):
+        train_classifier(_model(), tiny_faces, column="gender", config=TrainConfig(epochs=1, freeze="conv9"),
+                         progress=False)

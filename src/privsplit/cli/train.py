@@ -40,6 +40,9 @@ def train(
     threads: int = typer.Option(0, help="Torch CPU threads (0 = all cores)."),
     init: Path = typer.Option(None, "--init", help="Fine-tune from this backbone (`privsplit pretrain`) instead of "
                               "training from scratch (the paper's path); architecture and size come from it."),
+    freeze: str = typer.Option(None, help="Keep this layer and all below it fixed (weights and BatchNorm "
+                               "statistics), e.g. conv5_3 with --init: a full fine-tune washes identity out "
+                               "of the backbone's conv5 (docs/backbone.md)."),
 ) -> None:
     """Train the primary model (e.g. gender) and report accuracy on held-out identities."""
     if threads:
@@ -50,7 +53,7 @@ def train(
     spec = RunSpec(dataset=dataset, data_root=data_root, primary=primary, arch=arch, width=width, size=size,
                    attack_min_images=attack_min_images, attack_count=attack_count, skip_bad=skip_bad, align=align,
                    init=str(init) if init else None, train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                                                        class_weight=class_weight))
+                                                        class_weight=class_weight, freeze=freeze))
     result = run_training(spec, out, resume=resume)
     from privsplit.train import distributed as ddp
 

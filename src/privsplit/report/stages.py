@@ -35,7 +35,8 @@ def _from_backbone(ctx: Context, spec: Any) -> Any:
                          config=TrainConfig(epochs=c.get("backbone_epochs", 10), lr=2e-3, class_weight="none",
                                             seed=c["seed"]))
     return replace(spec, init=str(folder), train=TrainConfig(epochs=c.get("finetune_epochs", 1),
-                                                             lr=c.get("finetune_lr", 2e-3), seed=c["seed"]))
+                                                             lr=c.get("finetune_lr", 2e-3), seed=c["seed"],
+                                                             freeze=c.get("finetune_freeze")))
 
 
 def _siamese_cfg(c: dict[str, Any]) -> Any:
@@ -180,7 +181,7 @@ def _report(ctx: Context) -> dict[str, str]:
 STAGES: list[Stage] = [
     Stage("train", _train, lambda c: c["epochs"] * _estimate_epoch_s(c) / 60,
           ("dataset", "arch", "width", "size", "epochs", "batch_size", "seed", "backbone", "backbone_images",
-           "backbone_epochs", "finetune_epochs", "finetune_lr")),
+           "backbone_epochs", "finetune_epochs", "finetune_lr", "finetune_freeze")),
     Stage("embeddings", _embeddings,
           lambda c: len(c["layers"]) * (c["siamese_epochs"] * _estimate_epoch_s(c) + 4 * 60) / 60,
           ("layers", "siamese_epochs", "attack_epochs", "attack_restarts", "per_identity", "n_train", "attack_group",

@@ -43,6 +43,10 @@ class TrainConfig:
     class_weight: str = "balanced"  # or "none"
     augment: bool = True
     seed: int = 0
+    #: keep this top-level layer and every one below it fixed (weights *and* BatchNorm statistics);
+    #: fine-tuning from a face-recognition backbone with all layers free washes identity out of conv5
+    #: within one epoch (docs/backbone.md), so ``train --init`` can train only the layers above.
+    freeze: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a JSON-ready dict (what checkpoints and manifests store)."""
@@ -105,11 +109,33 @@ def evaluate(model: nn.Module, data: FaceData, *, column: str, batch_size: int =
     return metric.compute()
 
 
+def frozen_layers(model: nn.Module, upto: str | None) -> list[nn.Module]:
+    """The top-level children of ``model`` up to and including ``upto`` (none when ``upto`` is None).
+
+    Raises:
+        ValueError: ``upto`` is not a top-level layer name (the message lists them).
+    """
+    if upto is None:
+        return []
+    names = [n for n, _ in model.named_children()]
+    if upto not in names:
+        raise ValueError(f"freeze='{upto}' is not a layer of this model; use one of: {', '.join(names)}")
+    return [m for _, m in list(model.named_children())[: names.index(upto) + 1]]
+
+
+def _train_mode(model: nn.Module, frozen: list[nn.Module]) -> None:
+    """Training mode, except frozen layers stay in eval mode so their BatchNorm statistics do not move."""
+    model.train()
+    for m in frozen:
+        m.eval()
+
+
 def _train_epoch(model: nn.Module, train: FaceData, opt: torch.optim.Optimizer, params: list[nn.Parameter],
                  loss_fn: LossFn, *, column: str, config: TrainConfig, gen: torch.Generator, first_step: int,
                  total: int, advance: Callable[[str], None]) -> tuple[float, int]:
     """One pass over ``train``'s shuffled batches; this process's (summed loss, examples seen)."""
     running, seen = 0.0, 0
+    _train_mode(model, frozen_layers(model, config.freeze))
     for i, (batch, x, y) in enumerate(train.batches(config.batch_size, column=column, shuffle=True, generator=gen)):
         for group in opt.param_groups:
             group["lr"] = _lr_at(first_step + i, total, config)
@@ -177,6 +203,8 @@ def train_classifier(
             an uninterrupted run).
         stop_after_epoch: stop early after this epoch (used to test resuming).
 
+    ``config.freeze`` names a layer: it and all below keep their weights and BatchNorm statistics.
+
     Under ``torchrun`` each process trains on its shard of every global batch of ``config.batch_size``
     and gradients are averaged (see :mod:`privsplit.train.distributed`); only rank 0 checkpoints.
     """
@@ -186,6 +214,8 @@ def train_classifier(
     model.to(memory_format=torch.channels_last)  # ~5x faster convolutions on CPU (oneDNN)
     num_classes = len(train.classes[column])
     loss_fn = loss_fn or cross_entropy_loss(class_weights(train.labels[column], num_classes, config.class_weight))
+    for layer in frozen_layers(model, config.freeze):
+        layer.requires_grad_(False)
     params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
