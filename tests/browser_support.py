@@ -74,8 +74,13 @@ def browser_requests(drv: Any) -> list[dict[str, Any]]:
     return out
 
 
-def run_page(base_url: str, images: list[Path], *, screenshot: Path | None = None, timeout: float = 180) -> dict:
-    """Open ``{base_url}/ui/``, upload ``images``, wait for one result each; the page's state + requests + timings."""
+def run_page(base_url: str, images: list[Path], *, screenshot: Path | None = None, timeout: float = 180,
+             before: str | None = None, after: str | None = None, after_args: tuple = ()) -> dict:
+    """Open ``{base_url}/ui/``, upload ``images``, wait for one result each; the page's state + requests + timings.
+
+    ``before`` / ``after``: asynchronous scripts (Selenium's ``execute_async_script``: the callback is the last
+    argument) run once the page is ready, before the upload / after the results (with ``after_args``); their
+    answers come back as ``"before"`` / ``"after"``."""
     from selenium.webdriver.common.by import By
 
     drv = driver()
@@ -87,15 +92,18 @@ def run_page(base_url: str, images: list[Path], *, screenshot: Path | None = Non
         err = drv.execute_script("return window.__privsplit.error")
         if err:
             raise RuntimeError(f"page failed to load: {err}; console: {drv.get_log('browser')}")
+        drv.set_script_timeout(timeout)
+        out = {"before": drv.execute_async_script(before) if before else None}
         drv.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in images))
         n = len(images)
         _wait(drv, f"return window.__privsplit.results.length >= {n}", timeout)
         t_all = time.perf_counter() - t0
+        out["after"] = drv.execute_async_script(after, *after_args) if after else None
         state = drv.execute_script("const s = window.__privsplit; return {results: s.results, timings: s.timings};")
         if screenshot is not None:
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             drv.save_screenshot(str(screenshot))
-        return {"results": state["results"], "page_timings_ms": state["timings"], "requests": browser_requests(drv),
+        return {**out, "results": state["results"], "page_timings_ms": state["timings"], "requests": browser_requests(drv),
                 "seconds_to_ready": t_ready, "seconds_to_all_labels": t_all, "console": drv.get_log("browser")}
     finally:
         drv.quit()

@@ -23,7 +23,8 @@ SEED = 7
 API_KEY = "test-key-0123456789"
 
 
-def build_bundles(folder: Path, *, sigma: float = 0.5, dim: int = 4, copies: int = 1) -> list[tuple[Path, Path]]:
+def build_bundles(folder: Path, *, sigma: float = 0.5, dim: int = 4, copies: int = 1,
+                  noise_mode: str = "fresh") -> list[tuple[Path, Path]]:
     """Tiny noisy-reduced-simple embedding (~1 s) saved ``copies`` times (each with its own embedding id)."""
     from privsplit.defenses import build_embedding, save_bundles
     from privsplit.models import vgg16
@@ -32,7 +33,7 @@ def build_bundles(folder: Path, *, sigma: float = 0.5, dim: int = 4, copies: int
     faces = make_faces()
     model = vgg16(width=0.0625, input_size=32).eval()
     emb = build_embedding("noisy-reduced-simple", model, layer="conv5_3", train=faces, column="gender", dim=dim,
-                          sigma=sigma, progress=False)
+                          sigma=sigma, noise_mode=noise_mode, progress=False)
     return [save_bundles(emb, folder / f"b{i}", config=model.config, preprocess=faces.preprocess,
                          classes=["F", "M"], primary="gender") for i in range(copies)]
 

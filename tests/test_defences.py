@@ -156,3 +156,70 @@ def test_zoo_embeddings_export_and_reload_as_bundles(setup, tmp_path) -> None:
     assert back.kind == "gaussian-split" and torch.equal(back.noise.std, emb.noise.std)
     with pytest.raises(ValueError, match="build_defence"):
         build_embedding("nopeek", model, layer=LAYER, train=faces, column="gender")
+
+
+@pytest.mark.parametrize("kind,knob", [("blur", 1.5), ("pixelate", 3.0)])
+def test_obfuscation_bundles_carry_their_input_transform(setup, tmp_path, kind: str, knob: float) -> None:
+    """blur / pixelate export: the client bundle records the transform, loading rebuilds it, the features match the
+    in-process embedding (torch within 1e-5, the ONNX export within its 1e-4 check) -- block 3 on 32 px also
+    exercises pixelation's ragged last cell."""
+    import json
+
+    from privsplit.defenses import embedding_from_bundles, load_client_bundle, load_server_bundle, save_bundles
+    from privsplit.defenses.input_transforms import INPUT_TRANSFORMS
+
+    model, faces = setup
+    emb = build_defence(kind, model, layer=LAYER, train=faces, column="gender", knob=knob,
+                        config=FinetuneConfig(epochs=1))
+    c, s = save_bundles(emb, tmp_path / "b", config=model.config, preprocess=faces.preprocess, classes=["F", "M"],
+                        primary="gender")
+    man = json.loads((c / "client.json").read_text())
+    assert man["input_transform"] == {"kind": kind, INPUT_TRANSFORMS.get(kind).knob: knob if kind == "blur" else 3}
+    assert man["format_version"] == 3
+    bundle = load_client_bundle(c)
+    x = faces.inputs()
+    with torch.no_grad():
+        want = emb.client_features(x, noisy=False)
+        assert torch.allclose(bundle.extractor(x), want, atol=1e-5, rtol=0)
+        back = embedding_from_bundles(bundle, load_server_bundle(s))
+        assert torch.allclose(back(x), emb(x), atol=1e-5, rtol=0)
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from privsplit.edge.export import export_client_onnx
+    from privsplit.edge.onnx_runtime import OnnxExtractor
+
+    rep = export_client_onnx(bundle, tmp_path / "client.onnx")  # raises unless ONNX == torch within 1e-4
+    assert rep.max_abs_diff <= 1e-4
+    np_out = OnnxExtractor(tmp_path / "client.onnx")(x)
+    assert torch.allclose(np_out, want, atol=1e-4, rtol=0)
+
+
+def test_unknown_input_transform_is_a_clear_bundle_error(setup, tmp_path) -> None:
+    """A bundle whose transform this privsplit does not know is refused by name, never loaded without it."""
+    from privsplit.defenses import BundleError, load_client_bundle, save_bundles
+    from privsplit.defenses.embedding import Embedding
+    from privsplit.defenses.input_transforms import INPUT_TRANSFORMS, InputTransform
+    from privsplit.models.split import split
+
+    class Swirl(InputTransform):
+        kind, knob = "test-swirl", "angle"
+
+        def __init__(self, angle: float) -> None:
+            super().__init__()
+            self.angle = float(angle)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    model, faces = setup
+    extractor, analyzer = split(model, at=LAYER)
+    INPUT_TRANSFORMS.register("test-swirl", Swirl)
+    try:
+        emb = Embedding(kind="blur", layer=LAYER, extractor=torch.nn.Sequential(Swirl(30), extractor), analyzer=analyzer)
+        c, _ = save_bundles(emb, tmp_path / "b", config=model.config, preprocess=faces.preprocess, classes=["F", "M"],
+                            primary="gender")
+        assert isinstance(load_client_bundle(c).extractor[0][0], Swirl)  # known while registered
+    finally:
+        INPUT_TRANSFORMS.unregister("test-swirl")
+    with pytest.raises(BundleError, match=r"input transform.*'test-swirl'.*choose one of: blur, pixelate"):
+        load_client_bundle(c)

@@ -211,6 +211,84 @@ def _labels_elsewhere(url: str, bundle, sent: np.ndarray) -> dict[str, list[str]
     return {"python client": python, "tritonclient": labels}
 
 
+TEST_KEY = bytes(range(32))  # docs/keyed_noise.md's test key
+SET_TEST_KEY = """const done = arguments[arguments.length - 1], k = window.__privsplit.keyed;
+k.importKey(Uint8Array.from({length: 32}, (_, i) => i)).then(k.saveDeviceKey).then(() => done(null), (e) => done(String(e)));"""
+VECTORS_THEN_FRESH = """const [digests, png, done] = arguments;
+(async () => {
+  const s = window.__privsplit, k = s.keyed, key = await k.importKey(Uint8Array.from({length: 32}, (_, i) => i));
+  const hex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  const normals = [];
+  for (const d of digests) normals.push(Array.from(await k.keyedNormals(key, Uint8Array.from(d.match(/../g), (h) => parseInt(h, 16)), 6)));
+  document.getElementById("noise-mode").value = "fresh";  // the user switches mode on the page
+  const blob = new Blob([Uint8Array.from(atob(png), (c) => c.charCodeAt(0))], {type: "image/png"});
+  await s.handle("fresh 1", blob);
+  await s.handle("fresh 2", blob);
+  return {zeros: hex(await k.sha256(new Uint8Array(64 * 64 * 3))), normals};
+})().then(done, (e) => done({error: String(e)}));"""
+
+
+@pytest.fixture(scope="module")
+def keyed_bundles(tmp_path_factory):
+    return build_bundles(tmp_path_factory.mktemp("ui-keyed"), dim=16, noise_mode="keyed")  # 48 numbers: float32 steps matter
+
+
+def test_page_starts_in_the_bundles_noise_mode(bundles, keyed_bundles):
+    _need(_vendor_missing())
+    from fastapi.testclient import TestClient
+
+    def config(pair, **kw) -> dict:
+        with TestClient(_app(pair, **kw)) as http:
+            html = http.get("/ui/").text
+        return json.loads(re.search(r'id="privsplit-config">(.*?)</script>', html, re.S).group(1))
+
+    assert config(bundles[0])["noise_mode"] == "fresh" and config(keyed_bundles[0])["noise_mode"] == "keyed"
+    assert config(keyed_bundles[0], noise_mode="fresh")["noise_mode"] == "fresh"
+    with pytest.raises(ValueError, match="noise_mode must be"):
+        _app(bundles[0], noise_mode="sometimes")
+
+
+def test_browser_keyed_noise_matches_the_python_client_and_the_published_vectors(keyed_bundles, tmp_path):
+    """Headless Chromium, keyed bundle: the page's WebCrypto normals are the published vectors (float64 within a few
+    ulps -- V8's libm is not glibc's -- and bit-identical as float32, what the device adds); the same photo twice
+    sends identical numbers, another photo other numbers; with the same key the Python client's keyed noise on the
+    page's clean features gives the page's noisy features bit for bit; switched to fresh, repeats differ."""
+    _need(browser_missing() or _vendor_missing())
+    from test_keyed_noise import VECTORS
+
+    from privsplit.defenses import MemoryKeyStore, load_client_bundle
+    from privsplit.defenses.keyed import crop_hash
+    from privsplit.runtime.client import load_images
+    from privsplit.runtime.server import ServerThread
+
+    a, b = _photos(tmp_path, 2)
+    a_again = tmp_path / "again.png"
+    a_again.write_bytes(a.read_bytes())
+    png = base64.b64encode(a.read_bytes()).decode()
+    with ServerThread(_app(keyed_bundles[0])) as server:
+        got = run_page(server.url, [a, a_again, b], before=SET_TEST_KEY, after=VECTORS_THEN_FRESH,
+                       after_args=([v[1] for v in VECTORS], png))
+    assert got["before"] is None and "error" not in got["after"], got["after"]
+    assert got["after"]["zeros"] == VECTORS[0][1]
+    for (_, _, want), page in zip(VECTORS, got["after"]["normals"]):
+        want, page = np.array(want), np.array(page)
+        assert np.all(np.abs(page - want) <= 4 * np.spacing(np.abs(want))), (page, want)
+        np.testing.assert_array_equal(page.astype(np.float32), want.astype(np.float32))
+    keyed, fresh = got["results"][:3], got["results"][3:]
+    assert [r.get("error") for r in got["results"]] == [None] * 5
+    assert [r["noiseMode"] for r in got["results"]] == ["keyed"] * 3 + ["fresh"] * 2
+    hashes = [crop_hash(p).hex() for p in load_images([a, a_again, b], client_bundle(keyed_bundles[0][0]).preprocess)]
+    assert [r["cropSha256"] for r in keyed] == hashes and hashes[0] == hashes[1] != hashes[2]
+    assert keyed[0]["noisy"] == keyed[1]["noisy"] != keyed[2]["noisy"]
+    bundle = load_client_bundle(keyed_bundles[0][0])
+    bundle.noise.key_store = MemoryKeyStore(TEST_KEY)
+    clean = torch.tensor([r["clean"] for r in keyed], dtype=torch.float32).reshape(3, *bundle.feature_shape)
+    with torch.no_grad():
+        want = bundle.noise(clean, crop_hashes=[bytes.fromhex(h) for h in hashes]).reshape(3, -1).numpy()
+    np.testing.assert_array_equal(np.array([r["noisy"] for r in keyed], dtype=np.float32), want)
+    assert fresh[0]["noisy"] != fresh[1]["noisy"] and keyed[0]["noisy"] not in (fresh[0]["noisy"], fresh[1]["noisy"])
+
+
 def test_serve_ui_needs_a_matching_client_bundle(bundles):
     from typer.testing import CliRunner
 
@@ -221,3 +299,6 @@ def test_serve_ui_needs_a_matching_client_bundle(bundles):
     assert res.exit_code != 0 and "--ui needs --client-bundle" in res.output
     res = runner.invoke(app, ["serve", str(bundles[0][1]), "--ui", "--client-bundle", str(bundles[1][0])])
     assert res.exit_code != 0 and "client bundle" in res.output and "server bundle" in res.output
+    res = runner.invoke(app, ["serve", str(bundles[0][1]), "--ui", "--client-bundle", str(bundles[0][0]),
+                              "--ui-noise", "sometimes"])
+    assert res.exit_code != 0 and "--ui-noise must be bundle, keyed or fresh" in res.output

@@ -59,6 +59,9 @@ def serve(
                                                                      "and noise)."),
     onnx: Path = typer.Option(None, "--onnx", help="--ui: the client's exported ONNX file (default: CLIENT_BUNDLE/"
                                                    "client.onnx, else exported into the cache)."),
+    ui_noise: str = typer.Option("bundle", "--ui-noise", help="--ui: the page's starting noise mode: bundle (the "
+                                 "client bundle's, like the Python client) | keyed | fresh; users can switch it on "
+                                 "the page (docs/keyed_noise.md says which to use when)."),
 ) -> None:
     """Serve the analyzer: /v2 health, metadata, infer (JSON or binary tensors), /metrics; gRPC beside it; --ui adds a web page."""
     workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
@@ -71,7 +74,7 @@ def serve(
     bundle = load_server_bundle(server_bundle)
     scheme = "https" if ssl_certfile else "http"
     _announce(bundle, host=host, port=port, grpc_port=grpc_port, workers=workers, keys=keys, tls=bool(ssl_certfile))
-    configure = _ui(bundle, client_bundle, onnx, host=host, port=port, keys=keys, scheme=scheme) \
+    configure = _ui(bundle, client_bundle, onnx, host=host, port=port, keys=keys, scheme=scheme, noise=ui_noise) \
         if ui or client_bundle is not None else None
     run_server(bundle if workers == 1 else server_bundle,  # workers load it from the folder
                host=host, port=port, api_keys=keys, max_batch=max_batch, max_delay_ms=max_delay_ms,
@@ -112,11 +115,13 @@ def _announce(bundle: ServerBundle, *, host: str, port: int, grpc_port: int | No
 
 
 def _ui(bundle: object, client_bundle: Path | None, onnx: Path | None, *, host: str, port: int, keys: list[str],
-        scheme: str) -> Any:
+        scheme: str, noise: str = "bundle") -> Any:
     """``serve --ui``: check the pair, warn where the page is exposed, and return the hook that mounts
     :func:`privsplit.runtime.ui.mount_ui` on every worker's app (a partial, so it pickles)."""
     if client_bundle is None:
         raise ValueError("--ui needs --client-bundle CLIENT_BUNDLE (the page runs its extractor and adds its noise)")
+    if noise not in ("bundle", "keyed", "fresh"):
+        raise ValueError(f"--ui-noise must be bundle, keyed or fresh, got {noise!r}")
     from privsplit.defenses.bundles import check_pair, load_client_bundle
     from privsplit.runtime.ui import mount_ui
 
@@ -126,6 +131,8 @@ def _ui(bundle: object, client_bundle: Path | None, onnx: Path | None, *, host: 
                       "unless a proxy in front adds one after authenticating the user")
     if not _is_loopback(host):
         console.print("[bold yellow]warning:[/] --ui beyond loopback: the page has no login; put it behind your own "
-                      "authentication")
+                      "authentication" + ("" if scheme == "https" else " (and https: browsers give keyed noise's "
+                                          "WebCrypto to https and localhost pages only)"))
     console.print(f"page: {scheme}://{host}:{port}/ui/")
-    return functools.partial(mount_ui, client_bundle=client_bundle, onnx_path=onnx)
+    return functools.partial(mount_ui, client_bundle=client_bundle, onnx_path=onnx,
+                             noise_mode=None if noise == "bundle" else noise)

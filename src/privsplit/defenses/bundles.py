@@ -14,7 +14,12 @@ no pickle is ever loaded. This module imports no training code: the runtime ship
 Versions: manifests carry ``format_version`` (:data:`BUNDLE_FORMAT_VERSION`); bundles written before
 the field existed read as version 1 and still load. Version 2 added ``format_version`` itself and
 ``backbone`` (what the model was fine-tuned from: ``{"method": "scratch"}`` or a ``privsplit
-pretrain`` record with its provenance). A bundle from a *newer* privsplit is refused with a clear error.
+pretrain`` record with its provenance). Version 3 added ``input_transform`` (client side: the device's
+blur / pixelation of the image before the extractor, rebuilt by name from
+:data:`privsplit.defenses.input_transforms.INPUT_TRANSFORMS`); a bundle is written with the lowest version
+that describes it (2 unless it has an input transform), so older privsplit still loads ordinary bundles
+while refusing one whose transform it would silently skip. A bundle from a *newer* privsplit is refused
+with a clear error.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from torch import nn
 
 from privsplit.data.transforms import Preprocess
 from privsplit.defenses.embedding import Embedding
+from privsplit.defenses.input_transforms import split_input_transform, transform_from_spec
 from privsplit.defenses.noise import noise_from_spec
 from privsplit.defenses.reduction import build_reduction
 from privsplit.models.split import split
@@ -40,7 +46,9 @@ __all__ = ["BundleError", "ClientBundle", "ServerBundle", "save_bundles", "load_
            "load_server_bundle", "check_pair", "embedding_from_bundles", "INPUT_NAME", "OUTPUT_NAMES",
            "BUNDLE_FORMAT_VERSION", "bundle_version"]
 
-BUNDLE_FORMAT_VERSION = 2
+BUNDLE_FORMAT_VERSION = 3
+#: the version of bundles without an input transform (what privsplit wrote before version 3)
+_PLAIN_VERSION = 2
 INPUT_NAME = "features"
 OUTPUT_NAMES = ("probabilities", "label")
 
@@ -115,16 +123,18 @@ def save_bundles(embedding: Embedding, folder: str | Path, *, config: VGGConfig,
     name = model_name or f"privsplit-{embedding.kind}-{embedding.layer}".replace("_", "-")
     reduction = embedding.reduction_config
     noise_spec = embedding.noise.spec()
-    common = {"format_version": BUNDLE_FORMAT_VERSION, "backbone": backbone or {"method": "scratch"},
+    transform, extractor = split_input_transform(embedding.extractor)
+    version = _PLAIN_VERSION if transform is None else BUNDLE_FORMAT_VERSION
+    common = {"format_version": version, "backbone": backbone or {"method": "scratch"},
               "embedding_id": emb_id, "model_name": name, "kind": embedding.kind, "layer": embedding.layer,
               "architecture": config.to_dict(), "reduction": reduction, "info": info or {}}
     shape = list(embedding.transmitted_shape(preprocess.size))
-    client_tensors = {f"extractor.{k}": v for k, v in embedding.extractor.state_dict().items()}
+    client_tensors = {f"extractor.{k}": v for k, v in extractor.state_dict().items()}
     client_tensors |= {f"reduce.{k}": v for k, v in embedding.reduce.state_dict().items()}
     client_tensors |= {f"noise.{k}": v for k, v in embedding.noise.state_dict().items()}
     _write(folder / "client", "client", client_tensors,
            {"format": "privsplit.client/1", **common, "preprocess": preprocess.to_dict(), "noise": noise_spec,
-            "feature_shape": shape})
+            "feature_shape": shape, **({} if transform is None else {"input_transform": transform.spec()})})
     server_tensors = {f"analyzer.{k}": v for k, v in embedding.analyzer.state_dict().items()}
     server_tensors |= {f"reconstruct.{k}": v for k, v in embedding.reconstruct.state_dict().items()}
     _write(folder / "server", "server", server_tensors,
@@ -174,11 +184,22 @@ def load_client_bundle(folder: str | Path, *, deterministic_noise: bool = False,
     extractor, _, reduce, _ = _halves(man)
     _load(extractor, tensors, "extractor")
     _load(reduce, tensors, "reduce")
+    if "input_transform" in man:
+        extractor = nn.Sequential(_input_transform(folder, man["input_transform"]), extractor)
     noise = noise_from_spec(man["noise"], deterministic=deterministic_noise, seed=seed)
     _load(noise, tensors, "noise")
     return ClientBundle(man["embedding_id"], man["model_name"], man["kind"], man["layer"],
                         nn.Sequential(extractor, reduce).eval(), noise.eval(),
                         Preprocess.from_dict(man["preprocess"]), list(man["feature_shape"]), man)
+
+
+def _input_transform(folder: str | Path, spec: Any) -> nn.Module:
+    try:
+        return transform_from_spec(spec)
+    except (KeyError, ValueError) as err:
+        raise BundleError(f"{folder}: cannot rebuild the device's input transform {spec!r}: {err}. The bundle "
+                          "needs a privsplit that knows this transform (upgrade, or register it in "
+                          "privsplit.defenses.input_transforms.INPUT_TRANSFORMS)") from None
 
 
 def load_server_bundle(folder: str | Path) -> ServerBundle:

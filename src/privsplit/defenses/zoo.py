@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from privsplit.data.faces import FaceData
 from privsplit.defenses.embedding import Embedding
+from privsplit.defenses.input_transforms import InputBlur, InputPixelate, InputTransform
 from privsplit.defenses.noise import GaussianNoise
 from privsplit.defenses.objectives import (
     DistanceCorrelation, FinetuneConfig, IdentityAdversary, SiameseTerm, privacy_finetune,
@@ -167,43 +168,10 @@ def learned_noise(model: nn.Sequential, *, layer: str, train: FaceData, column: 
     return _embedding("learned-noise", model, layer, noise)
 
 
-class InputBlur(nn.Module):
-    """Gaussian blur of the (normalised) input with std ``radius`` pixels (separable, reflect padding)."""
-
-    def __init__(self, radius: float) -> None:
-        super().__init__()
-        self.radius = float(radius)
-        k = max(1, int(3 * radius + 0.5))
-        t = torch.arange(-k, k + 1, dtype=torch.float32)
-        w = torch.exp(-0.5 * (t / max(radius, 1e-6)) ** 2)
-        self.register_buffer("kernel", w / w.sum())
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.radius <= 0:
-            return x
-        c, k = x.shape[1], self.kernel.numel() // 2
-        wx = self.kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1).to(x.dtype)
-        x = F.conv2d(F.pad(x, (k, k, 0, 0), mode="reflect"), wx, groups=c)
-        return F.conv2d(F.pad(x, (0, 0, k, k), mode="reflect"), wx.transpose(2, 3), groups=c)
-
-
-class InputPixelate(nn.Module):
-    """Average ``block`` x ``block`` cells of the input and upsample back (nearest)."""
-
-    def __init__(self, block: int) -> None:
-        super().__init__()
-        self.block = int(block)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.block <= 1:
-            return x
-        small = F.avg_pool2d(x, self.block, ceil_mode=True)
-        return F.interpolate(small, size=x.shape[2:], mode="nearest")
-
-
-def _obfuscated(kind: str, transform: nn.Module, model: nn.Sequential, layer: str, train: FaceData, column: str,
+def _obfuscated(kind: str, transform: InputTransform, model: nn.Sequential, layer: str, train: FaceData, column: str,
                 config: FinetuneConfig) -> Embedding:
-    """Fine-tune the whole model on transformed inputs (CE only), then split; the device runs the transform."""
+    """Fine-tune the whole model on transformed inputs (CE only), then split; the device runs the transform
+    (a client bundle records it and rebuilds it: :mod:`privsplit.defenses.input_transforms`)."""
     wrapped = nn.Sequential(OrderedDict([("obfuscate", transform), *copy.deepcopy(model).named_children()]))
     tuned, _ = privacy_finetune(wrapped, train, layer=layer, column=column, terms={}, config=config)
     extractor, analyzer = split(nn.Sequential(OrderedDict(list(tuned.named_children())[1:])), at=layer)

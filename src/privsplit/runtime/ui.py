@@ -3,8 +3,15 @@
 The page (``ui_static/``) decodes the user's photo, centre-crops and resizes it exactly like the Python client
 (Pillow's resize ported integer-for-integer to ``preprocess.js``), runs the client bundle's exported ONNX
 extractor with onnxruntime-web (WebAssembly, one thread, vendored files: no CDN), adds the bundle's Gaussian
-noise with ``crypto.getRandomValues`` (Box-Muller) and POSTs only the ``k`` noisy numbers to
-``/v2/models/{name}/infer`` (OIP v2 JSON). The photo never leaves the page.
+noise and POSTs only the ``k`` noisy numbers to ``/v2/models/{name}/infer`` (OIP v2 JSON). The photo never
+leaves the page.
+
+Noise modes, as in the Python client (:mod:`privsplit.defenses.keyed`, ``docs/keyed_noise.md``): **keyed**
+(``keyed.js``: HMAC-SHA256 of the crop's SHA-256 under a per-browser device key in WebCrypto, a
+non-extractable key kept in the origin's IndexedDB and never sent: the same photo always gets the same
+noise) or **fresh** (``crypto.getRandomValues``, new noise every send). The page starts in the bundle's
+mode (``keyed-gaussian`` -> keyed, ``gaussian`` -> fresh; ``noise_mode=`` overrides it) and the user can
+switch it on the page.
 
 Every script, the WebAssembly binary and the model are pinned by Subresource Integrity (SHA-384, computed
 here at start-up); a Content-Security-Policy allows this origin only. The page carries no API key: ``--ui`` is
@@ -36,7 +43,10 @@ __all__ = ["UI_STATIC", "VENDOR_FILES", "UiAssetsMissing", "client_onnx", "ui_ro
 
 UI_STATIC = Path(__file__).with_name("ui_static")
 VENDOR_FILES = ("ort.wasm.bundle.min.mjs", "ort-wasm-simd-threaded.wasm")
-PAGE_FILES = {"app.js": "text/javascript", "preprocess.js": "text/javascript", "style.css": "text/css"}
+PAGE_FILES = {"app.js": "text/javascript", "preprocess.js": "text/javascript", "keyed.js": "text/javascript",
+              "style.css": "text/css"}
+#: the page's noise modes by the bundle's noise kind
+NOISE_MODES = {"gaussian": "fresh", "keyed-gaussian": "keyed", "none": "none"}
 _TYPES = {".mjs": "text/javascript", ".wasm": "application/wasm"}
 
 
@@ -85,24 +95,29 @@ def _vendor() -> dict[str, bytes]:
     return {n: (UI_STATIC / "vendor" / n).read_bytes() for n in VENDOR_FILES}
 
 
-def _noise(bundle: ClientBundle) -> tuple[float, list[float] | None]:
+def _noise(bundle: ClientBundle, mode: str | None) -> dict[str, Any]:
+    """The page's noise config: sigma, per-feature std (or None), and the starting mode (bundle's, or ``mode``)."""
     spec = bundle.manifest.get("noise", {})
-    if spec.get("kind") == "none":
-        return 0.0, None
-    if spec.get("kind") != "gaussian":
-        raise BundleError(f"the page adds Gaussian noise only; this bundle's noise is {spec.get('kind')!r}")
+    kind = spec.get("kind")
+    if kind not in NOISE_MODES:
+        raise BundleError(f"the page adds Gaussian noise (fresh or keyed) only; this bundle's noise is {kind!r}")
+    if mode not in (None, "keyed", "fresh"):
+        raise ValueError(f"noise_mode must be 'keyed', 'fresh' or None (the bundle's own), got {mode!r}")
+    if kind == "none":
+        return {"sigma": 0.0, "noise_std": None, "noise_mode": "none"}
     std = spec.get("std") if spec.get("scale") == "std" else None
-    return float(spec["sigma"]), (None if std is None else [float(v) for v in _flat(std)])
+    return {"sigma": float(spec["sigma"]), "noise_std": None if std is None else [float(v) for v in _flat(std)],
+            "noise_mode": mode or NOISE_MODES[kind]}
 
 
 def _flat(x: Any) -> list[Any]:
     return [v for item in x for v in _flat(item)] if isinstance(x, list) else [x]
 
 
-def _page(bundle: ClientBundle, prefix: str, ext: Any, files: dict[str, bytes], vendor: dict[str, bytes]
-          ) -> tuple[bytes, str]:
+def _page(bundle: ClientBundle, prefix: str, ext: Any, files: dict[str, bytes], vendor: dict[str, bytes],
+          noise_mode: str | None = None) -> tuple[bytes, str]:
     """index.html with the bundle's config and every SRI hash filled in; and its CSP header."""
-    sigma, std = _noise(bundle)
+    noise = _noise(bundle, noise_mode)
     pre, onnx = bundle.preprocess, ext.path.read_bytes()
     if pre.align != "none":
         raise BundleError(f"this bundle detects and aligns faces ({pre.align}); the page only centre-crops, so it "
@@ -116,11 +131,11 @@ def _page(bundle: ClientBundle, prefix: str, ext: Any, files: dict[str, bytes], 
         "outputs": list(OUTPUT_NAMES), "infer_url": f"/v2/models/{quote(bundle.model_name, safe='')}/infer",
         "size": pre.size, "crop": pre.crop, "mean": list(pre.mean), "std": list(pre.std),
         "feature_shape": list(bundle.feature_shape), "k": math.prod(bundle.feature_shape),
-        "sigma": sigma, "noise_std": std,
+        **noise,
     }
     importmap = json.dumps({"imports": {"onnxruntime-web": f"{prefix}/vendor/{VENDOR_FILES[0]}"},
                             "integrity": {f"{prefix}/vendor/{VENDOR_FILES[0]}": _sri(vendor[VENDOR_FILES[0]]),
-                                          f"{prefix}/preprocess.js": _sri(files["preprocess.js"])}})
+                                          **{f"{prefix}/{n}": _sri(files[n]) for n in ("preprocess.js", "keyed.js")}}})
     html = (UI_STATIC / "index.html").read_text()
     for key, value in {"{{STYLE_SRI}}": _sri(files["style.css"]), "{{APP_SRI}}": _sri(files["app.js"]),
                        "{{IMPORTMAP}}": importmap,
@@ -133,15 +148,18 @@ def _page(bundle: ClientBundle, prefix: str, ext: Any, files: dict[str, bytes], 
     return html.encode(), csp
 
 
-def ui_router(client_bundle: str | Path, *, onnx_path: str | Path | None = None, prefix: str = "/ui") -> APIRouter:
-    """Routes of the page: ``{prefix}/`` (the page), its scripts, the vendored runtime and ``client.onnx``."""
+def ui_router(client_bundle: str | Path, *, onnx_path: str | Path | None = None, prefix: str = "/ui",
+              noise_mode: str | None = None) -> APIRouter:
+    """Routes of the page: ``{prefix}/`` (the page), its scripts, the vendored runtime and ``client.onnx``.
+
+    ``noise_mode``: the page's starting noise mode, ``"keyed"`` or ``"fresh"`` (default: the bundle's)."""
     folder = Path(client_bundle)
     bundle = load_client_bundle(folder)
     vendor = _vendor()
     ext = client_onnx(bundle, folder, onnx_path)
     onnx = ext.path.read_bytes()
     files = {n: (UI_STATIC / n).read_bytes() for n in PAGE_FILES}
-    html, csp = _page(bundle, prefix, ext, files, vendor)
+    html, csp = _page(bundle, prefix, ext, files, vendor, noise_mode)
     assets = {"": _Asset(html, "text/html; charset=utf-8", "no-store"), "client.onnx": _Asset(onnx, "application/octet-stream")}
     assets |= {n: _Asset(b, t) for n, (b, t) in ((n, (files[n], PAGE_FILES[n])) for n in PAGE_FILES)}
     assets |= {f"vendor/{n}": _Asset(b, _TYPES[Path(n).suffix]) for n, b in vendor.items()}

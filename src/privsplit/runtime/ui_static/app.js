@@ -1,7 +1,9 @@
 // privsplit in the browser: the photo stays in this page. The client extractor (the bundle's ONNX file) runs
-// here with onnxruntime-web (WebAssembly, one thread), fresh Gaussian noise is added with
-// crypto.getRandomValues, and only the k noisy numbers are sent to the analyzer over OIP v2.
+// here with onnxruntime-web (WebAssembly, one thread), Gaussian noise is added -- keyed per photo (keyed.js: the
+// same photo always gets the same noise) or fresh per send (crypto.getRandomValues) -- and only the k noisy
+// numbers are sent to the analyzer over OIP v2.
 import * as ort from "onnxruntime-web";
+import * as keyed from "./keyed.js";
 import { centreBox, cropRGB, normalise, pilResize } from "./preprocess.js";
 
 const cfg = JSON.parse(document.getElementById("privsplit-config").textContent);
@@ -9,6 +11,7 @@ const $ = (id) => document.getElementById(id);
 // timings: performance.now() = ms since navigation started
 const state = { ready: false, error: null, results: [], timings: { start: performance.now() } };
 window.__privsplit = state; // read by the browser test
+state.keyed = keyed; // the construction, for the browser test's published vectors
 
 function fmtBytes(n) { return n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / 1048576).toFixed(2)} MiB`; }
 
@@ -57,6 +60,21 @@ async function pixelsOf(source) { // decoded RGBA exactly as stored: no colour m
   return { rgba: ctx.getImageData(0, 0, bmp.width, bmp.height).data, width: bmp.width, height: bmp.height };
 }
 
+function noisyFeatures(clean, eps) { // float32 steps exactly like the Python client: x + f32(f32(eps) * f32(sigma * std))
+  const f = Math.fround, s = f(cfg.sigma);
+  return clean.map((v, i) => f(v + f(f(eps[i]) * (cfg.noise_std ? f(s * f(cfg.noise_std[i])) : s))));
+}
+
+const noiseMode = () => (cfg.noise_mode === "none" ? "none" : $("noise-mode").value); // chosen on the page
+
+async function normals(mode, rgb, n) { // {eps, crop hash (hex; stays in the page)}
+  if (mode === "none") return { eps: new Float64Array(n), cropSha256: null };
+  if (mode === "fresh") return { eps: gaussian(n), cropSha256: null };
+  const key = await keyed.deviceKey(), digest = await keyed.sha256(rgb);
+  const eps = await keyed.keyedNormals(key, digest, n);
+  return { eps, cropSha256: Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("") };
+}
+
 async function features(source) {
   const { rgba, width, height } = await pixelsOf(source);
   const box = centreBox(width, height, cfg.crop);
@@ -64,9 +82,8 @@ async function features(source) {
   const x = new ort.Tensor("float32", normalise(rgb, cfg.size, cfg.mean, cfg.std), [1, 3, cfg.size, cfg.size]);
   const out = await state.session.run({ [cfg.input_name]: x });
   const clean = Array.from(out[cfg.output_name].data);
-  const eps = gaussian(clean.length);
-  const noisy = clean.map((v, i) => Math.fround(v + cfg.sigma * (cfg.noise_std ? cfg.noise_std[i] : 1) * eps[i]));
-  return { clean, noisy, width, height };
+  const mode = noiseMode(), { eps, cropSha256 } = await normals(mode, rgb, clean.length);
+  return { clean, noisy: noisyFeatures(clean, eps), noiseMode: mode, cropSha256, width, height };
 }
 
 async function infer(noisy) {
@@ -99,7 +116,7 @@ function show(r, thumbUrl) {
   $("results").appendChild(row);
 }
 
-async function handle(name, blob) {
+async function handle(name, blob) { // also called by the browser test (state.handle) to switch modes mid-run
   try {
     const f = await features(blob);
     const r = { name, ...f, ...(await infer(f.noisy)), photoBytes: blob.size };
@@ -111,6 +128,8 @@ async function handle(name, blob) {
     $("status").textContent = `${name}: ${err}`;
   }
 }
+
+state.handle = handle;
 
 $("files").addEventListener("change", async (ev) => {
   for (const file of ev.target.files) await handle(file.name, file);
@@ -135,4 +154,5 @@ $("embedding").textContent = cfg.embedding_id;
 $("sha").textContent = cfg.onnx_sha256;
 $("model").textContent = cfg.model_name;
 $("k").textContent = String(cfg.k);
+if (cfg.noise_mode === "none") $("noise").hidden = true; else $("noise-mode").value = cfg.noise_mode;
 load().catch((err) => { state.error = String(err); $("status").textContent = `could not load the extractor: ${err}`; });
