@@ -118,6 +118,22 @@ def measure(label: str, knob: Any, emb: Any, build_s: float | None, art: Any, p:
     return row
 
 
+def paper_points(args: Any) -> list[tuple[Any, str, Any]]:
+    """The paper's rows from the run's bundles: simple, and advanced (Siamese + PCA) at every sigma of
+    ``--advanced-sigmas`` -- its main knob; one Siamese/PCA fit, only the noise changes."""
+    points = []
+    simple, advanced = (args.run / "bundles" / f"{k}-{args.layer}" for k in ("simple", "advanced"))
+    if simple.exists():
+        points.append((load_target(simple)[0], "simple (paper)", None))
+    if advanced.exists():
+        emb = load_target(advanced)[0]
+        noise = emb.noise
+        for sigma in (float(v) for v in args.advanced_sigmas.split(",") if v):
+            points.append((emb.with_noise(type(noise)(sigma=sigma, scale=noise.scale, std=noise.std)),
+                           "advanced (paper)", sigma))
+    return points
+
+
 def fmt(r: dict[str, Any]) -> str:
     knob = "" if r["knob"] is None else (f"{r['knob']:g}" if isinstance(r["knob"], (int, float)) else str(r["knob"]))
     if "sigma" in r:
@@ -171,6 +187,8 @@ def main() -> None:
     ap.add_argument("--train-limit", type=int, default=3000)
     ap.add_argument("--attacks", default="1-nn,likelihood")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--advanced-sigmas", default="0,0.25,0.5,1,2",
+                    help="the paper's advanced embedding (the run's bundle) swept over its noise sigma")
     ap.add_argument("--out", type=Path, default=Path("docs/defences"))
     args = ap.parse_args()
     args.attacks = args.attacks.split(",")
@@ -183,11 +201,9 @@ def main() -> None:
     names = DEFENCES.names() if args.defences == "all" else args.defences.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    for bundle in ("simple-conv5_3", "advanced-conv5_3"):
-        if (args.run / "bundles" / bundle).exists() and args.layer == "conv5_3":
-            emb, _ = load_target(args.run / "bundles" / bundle)
-            rows.append(measure(bundle.split("-")[0] + " (paper)", None, emb, None, art, p, inp, args))
-            print(fmt(rows[-1]), flush=True)
+    for emb, label, knob in paper_points(args):
+        rows.append(measure(label, knob, emb, None, art, p, inp, args))
+        print(fmt(rows[-1]), flush=True)
     for name in names:
         for knob in DEFENCES.get(name).knobs:
             t = time.perf_counter()
