@@ -82,6 +82,8 @@ BUILD_COVERS = {
     "siamese-adversarial": "fine-tuning with the contrastive and adversary terms",
     "gaussian-split": "feature std over the training images", "learned-noise": "training the noise scales (model frozen)",
     "blur": "fine-tuning on blurred images", "pixelate": "fine-tuning on pixelated images", "send-image": "nothing",
+    "robust-advanced": "PCA and noise fit + training the analyzer on noisy features (Siamese fine-tuning too "
+                       "unless the run's cached model is reused)",
     "calibrated-noise": "PCA and noise fit + the bisection's audits on validation people (Siamese fine-tuning "
                         "too unless the run's cached model is reused)",
 }
@@ -92,12 +94,13 @@ def build_point(name: str, knob: float, art: Any, p: Any, train: Any, inp: Any, 
     kwargs: dict[str, Any] = {"layer": args.layer, "train": train, "column": art.primary, "knob": knob}
     if name in ("nopeek", "adversarial", "siamese-adversarial", "learned-noise", "blur", "pixelate"):
         kwargs["config"] = FinetuneConfig(epochs=args.epochs)
-    if name == "calibrated-noise":
+    if name in ("calibrated-noise", "robust-advanced"):
         siamese = sorted(Path(args.run).glob(f"siamese-{args.layer}-*"))
         if siamese:
             from privsplit.train.artifacts import load_model
             kwargs["tuned"] = load_model(siamese[0]).model
-            args.reused = f"calibrated-noise reused the run's Siamese model {siamese[0].name} (not in its build s)"
+            args.reused = f"{name} reused the run's Siamese model {siamese[0].name} (not in its build s)"
+    if name == "calibrated-noise":
         kwargs["privacy"] = calibration_privacy(p, inp, args.attacks)
     return entry(art.model, **kwargs)
 
@@ -187,6 +190,8 @@ def main() -> None:
     ap.add_argument("--train-limit", type=int, default=3000)
     ap.add_argument("--attacks", default="1-nn,likelihood")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--append", action="store_true",
+                    help="keep OUT/pareto.json's rows (e.g. add one defence to an earlier sweep); skip the paper rows")
     ap.add_argument("--advanced-sigmas", default="0,0.25,0.5,1,2",
                     help="the paper's advanced embedding (the run's bundle) swept over its noise sigma")
     ap.add_argument("--out", type=Path, default=Path("docs/defences"))
@@ -200,8 +205,8 @@ def main() -> None:
     args.n_train = len(train)
     names = DEFENCES.names() if args.defences == "all" else args.defences.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
-    for emb, label, knob in paper_points(args):
+    rows: list[dict[str, Any]] = json.loads((args.out / "pareto.json").read_text()) if args.append else []
+    for emb, label, knob in [] if args.append else paper_points(args):
         rows.append(measure(label, knob, emb, None, art, p, inp, args))
         print(fmt(rows[-1]), flush=True)
     for name in names:
@@ -214,8 +219,12 @@ def main() -> None:
 
 
 def write(rows: list[dict[str, Any]], args: Any) -> None:
+    md = args.out / "pareto.md"
+    earlier = [line for line in md.read_text().splitlines() if line.startswith("Command")] \
+        if args.append and md.exists() else []
+    command = f"Command: `python {' '.join(sys.argv)}`"
     head = ["# Defences: gender vs worst-case identity (Pareto sweep)", "",
-            f"Command: `python {' '.join(sys.argv)}`", "",
+            *[line for c in earlier + ([] if command in earlier else [command]) for line in (c, "")],
             f"Backbone: {args.run} (layer {args.layer}); fine-tuning {args.epochs} epoch(s) on <= {args.train_limit} "
             f"training images; audit: attacks {args.attacks}, 1 seed, fast profile restricted to them. "
             f"Floor {rows[0]['floor']:.1%}, chance {rows[0]['chance']:.1%}.", "",

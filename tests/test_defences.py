@@ -223,3 +223,38 @@ def test_unknown_input_transform_is_a_clear_bundle_error(setup, tmp_path) -> Non
         INPUT_TRANSFORMS.unregister("test-swirl")
     with pytest.raises(BundleError, match=r"input transform.*'test-swirl'.*choose one of: blur, pixelate"):
         load_client_bundle(c)
+
+
+def test_robust_advanced_trains_only_the_server_and_recovers_noisy_accuracy(setup, tmp_path) -> None:
+    """Same device side as ``advanced`` at the same sigma (so the same leak); the analyzer learns the noise."""
+    from privsplit.defenses import build_embedding, embedding_from_bundles, load_client_bundle, load_server_bundle, save_bundles
+
+    from privsplit.train import TrainConfig, train_classifier
+
+    _, faces = setup
+    torch.manual_seed(0)
+    model = vgg16(width=0.0625, input_size=32)
+    train_classifier(model, faces, column="gender", config=TrainConfig(epochs=8, batch_size=16, lr=3e-3), progress=False)
+    model.eval()
+    plain = build_embedding("advanced", model, layer=LAYER, train=faces, column="gender", dim=4, sigma=2.0, tuned=model,
+                            progress=False)
+    robust = build_defence("robust-advanced", model, layer=LAYER, train=faces, column="gender", knob=2.0, dim=4,
+                           tuned=model, config=FinetuneConfig(epochs=20, lr=3e-3, batch_size=16))
+    assert robust.kind == "robust-advanced"
+    assert torch.equal(_features(plain, faces, noisy=False), _features(robust, faces, noisy=False))
+    assert torch.equal(plain.noise.std, robust.noise.std) and robust.noise.sigma == plain.noise.sigma == 2.0
+
+    def noisy_ce(emb) -> float:  # the same noise draw for both: the objective the analyzer was trained on
+        torch.manual_seed(1)
+        with torch.no_grad():
+            z = emb.client_features(faces.inputs(), noisy=False)
+            z = z + 2.0 * emb.noise.std * torch.randn(4, *z.shape)
+            return float(torch.nn.functional.cross_entropy(emb.analyze(z.flatten(0, 1)), faces.labels["gender"].repeat(4)))
+    assert noisy_ce(robust) < 0.5 * noisy_ce(plain), (noisy_ce(plain), noisy_ce(robust))
+    log = robust.analyzer_training
+    assert log["last_epoch_loss"] < log["first_epoch_loss"]
+    c, s = save_bundles(robust, tmp_path / "b", config=model.config, preprocess=faces.preprocess, classes=["F", "M"],
+                        primary="gender")
+    back = embedding_from_bundles(load_client_bundle(c), load_server_bundle(s))
+    for a, b in zip(robust.analyzer.state_dict().values(), back.analyzer.state_dict().values()):
+        assert torch.equal(a, b)

@@ -49,7 +49,7 @@ EMBEDDINGS = _kinds("embedding", "help(privsplit.defenses)",
 #: embeddings and bundles load without importing the training code).
 ZOO_KINDS = _kinds("defence embedding", "help(privsplit.defenses.zoo)",
                    "nopeek 0 0 0; adversarial 0 0 0; siamese-adversarial 1 0 0; gaussian-split 0 0 1;"
-                   "learned-noise 0 0 1; calibrated-noise 1 1 1; blur 0 0 0; pixelate 0 0 0; send-image 0 0 0")
+                   "learned-noise 0 0 1; calibrated-noise 1 1 1; robust-advanced 1 1 1; blur 0 0 0; pixelate 0 0 0; send-image 0 0 0")
 
 
 def embedding_kind(name: str) -> EmbeddingKind:

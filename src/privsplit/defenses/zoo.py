@@ -16,6 +16,7 @@ benchmark uses.
 | ``blur`` / ``pixelate`` | input Gaussian blur (radius r) / pixelation (block b), model fine-tuned on it | r / b | e.g. McPherson et al. 2016 ("defeating image obfuscation") |
 | ``send-image`` | none: the server receives the face image (no split) | -- | reference |
 | ``calibrated-noise`` | the paper's ``advanced`` with sigma from :func:`privsplit.defenses.calibrate.calibrate_sigma` | target x floor | this project |
+| ``robust-advanced`` | the paper's ``advanced`` (Siamese + PCA + noise sigma), then the analyzer alone trained on noisy features | sigma | this project (noise-aware training of the server side) |
 
 Times: each trained entry costs about one epoch of the primary model per ``epochs`` (2 by default).
 """
@@ -36,7 +37,7 @@ from privsplit.defenses.embedding import Embedding
 from privsplit.defenses.input_transforms import InputBlur, InputPixelate, InputTransform
 from privsplit.defenses.noise import GaussianNoise
 from privsplit.defenses.objectives import (
-    DistanceCorrelation, FinetuneConfig, IdentityAdversary, SiameseTerm, privacy_finetune,
+    DistanceCorrelation, FinetuneConfig, IdentityAdversary, SiameseTerm, noise_trained_analyzer, privacy_finetune,
 )
 from privsplit.models.split import split
 from privsplit.registry import Registry
@@ -219,3 +220,21 @@ def calibrated_noise(model: nn.Sequential, *, layer: str, train: FaceData, colum
     out.kind = "calibrated-noise"
     out.calibration = cal  # type: ignore[assignment]
     return out
+
+
+@_entry("robust-advanced", "sigma", (0.5, 0.75, 1.0, 2.0), "this project: Osia et al. 2017's advanced embedding + "
+        "noise-aware training of the analyzer only")
+def robust_advanced(model: nn.Sequential, *, layer: str, train: FaceData, column: str, knob: float,
+                    dim: int | None = None, tuned: nn.Sequential | None = None, noise_mode: str = "fresh",
+                    config: FinetuneConfig = FinetuneConfig(epochs=5, lr=1e-3)) -> Embedding:
+    """The paper's ``advanced`` embedding at sigma ``knob`` whose analyzer is then trained on noisy features
+    (:func:`~privsplit.defenses.objectives.noise_trained_analyzer`). The device side -- and so what any
+    attacker receives -- equals ``advanced`` at the same sigma; only the server's accuracy changes.
+    ``tuned``: a Siamese fine-tuned model to reuse; ``noise_mode``: fresh or keyed deployment noise."""
+    from privsplit.defenses.build import build_embedding
+
+    emb = build_embedding("advanced", model, layer=layer, train=train, column=column, dim=dim, sigma=knob,
+                          tuned=tuned, noise_mode=noise_mode, progress=False)
+    emb.analyzer_training = noise_trained_analyzer(emb, train, column=column, config=config)  # type: ignore[assignment]
+    emb.kind = "robust-advanced"
+    return emb
