@@ -1,13 +1,16 @@
 """How much identity the *simple* embedding carries: distilled (dlib-teacher) backbone vs from scratch.
 
 Builds (or reuses) the distilled backbone and its gender fine-tune, then measures on LFW's 62
-held-out attack people, at conv4_3 / conv5_1 / conv5_2 / conv5_3, with the strongest attacks on
-``main``: a clean 1-NN on L2-normalised features and the transfer attack (head="auto"). Each person:
-15 random enrolment photos, all other photos are queries. Intervals: bootstrap over identities.
-Results are appended to a JSON file after every measurement (so a partial run still reports).
+held-out attack people, at conv4_3 / conv5_1 / conv5_2 / conv5_3: a clean 1-NN on L2-normalised
+features, and ``privsplit audit``'s attacks (``--audit-attacks``; default the clean-bank 1-NN and the
+noise-aware likelihood, 1 seed -- the metric attack, slow on big layers, runs in the conv5_3 audit of
+docs/backbone.md). Each person: 15 random enrolment photos, all other photos are queries. Intervals:
+bootstrap over identities. Results are appended to a JSON file after every measurement (so a partial
+run still reports). An existing OUT/backbone-dlib and OUT/gender-from-dlib (e.g. symlinks to runs built
+by `privsplit pretrain` / `privsplit train --init`) are reused.
 
     nice -n 10 env OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/backbone_identity.py \
-        --scratch /work/main/runs/lfw-gender --out runs/backbone-bench
+        --scratch runs/lfw-gender --out runs/backbone-bench
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from privsplit.attacks.common import clean_features, primary_label_floor
-from privsplit.attacks.transfer import TransferAttack, TransferConfig
+from privsplit.audit import audit
 from privsplit.backbone.pretrain import pretrain_distill
 from privsplit.defenses.embedding import Embedding
 from privsplit.metrics.intervals import cluster_bootstrap_ci
@@ -60,12 +63,13 @@ def nn_attack(emb, enrol, query) -> torch.Tensor:
     return (enrol.labels["identity"][nearest] == query.labels["identity"]).long()
 
 
-def transfer_attack(emb, enrol, query, cfg: TransferConfig) -> tuple[torch.Tensor, dict]:
-    att = TransferAttack(emb, config=cfg).fit(enrol)
-    with torch.no_grad():
-        scores = att.head(clean_features(emb, query)[0])
-    pred = torch.tensor(att.classes)[scores.argmax(1)]
-    return (pred == query.labels["identity"]).long(), {"head": att.choice[0], "lr": att.choice[1]}
+def audit_attacks(emb, attack_data, attacks: list[str]) -> dict:
+    """Each of ``attacks`` from ``privsplit audit`` (fast profile, 1 seed, 15 enrolment photos, all other
+    photos queried), figure and identity-bootstrap interval per attack."""
+    rep = audit(emb, attack_data, aux=None, group=None, sensitive="identity", primary="gender", attacks=attacks,
+                seeds=1, n_enrol=15, n_val=5, progress=False)
+    return {f"audit: {a.name}": {"top1": a.top1.value, "ci95": list(a.top1.ci95)}
+            for a in rep.attacks}
 
 
 def table(res: dict) -> str:
@@ -79,7 +83,8 @@ def table(res: dict) -> str:
         if not isinstance(r, dict) or "gender_test_people" not in r:
             continue
         g = f"{pct(r['gender_test_people']['accuracy'])} / {pct(r['gender_attack_people']['accuracy'])}"
-        for attack in ("1-nn (L2-normalised)", "transfer (auto)"):
+        attacks = sorted({k for layer in LAYERS for k in r.get(layer, {})}, key=lambda k: (k.startswith("audit"), k))
+        for attack in attacks:
             cells = [f"{pct(r[l][attack]['top1'])} [{pct(r[l][attack]['ci95'][0])}, {pct(r[l][attack]['ci95'][1])}]"
                      if attack in r.get(l, {}) else "not run" for l in LAYERS]
             lines.append(f"| {name} | {g} | {attack} | " + " | ".join(cells) + " |")
@@ -94,12 +99,10 @@ def main() -> None:
     ap.add_argument("--aux-images", type=int, default=None, help="distil on this many primary-training images")
     ap.add_argument("--center", action="store_true", help="cosine loss on centred descriptors (did badly)")
     ap.add_argument("--no-center", action="store_true", help="raw descriptors (the default; kept for old commands)")
-    ap.add_argument("--transfer-layers", default=",".join(LAYERS))
-    ap.add_argument("--transfer-models", default="distilled,scratch", help="which models get the transfer attack")
+    ap.add_argument("--audit-attacks", default="1-nn,likelihood",
+                    help="attacks of `privsplit audit` run at every layer (metric/transfer: slow on big layers)")
     ap.add_argument("--finetune-epochs", type=int, default=2)
     ap.add_argument("--finetune-lr", type=float, default=5e-4)
-    ap.add_argument("--transfer-epochs", type=int, default=40)
-    ap.add_argument("--transfer-lrs", default="3e-4,1e-3,3e-3")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--table", action="store_true", help="print the markdown table of OUT/results.json and exit")
     args = ap.parse_args()
@@ -149,19 +152,15 @@ def main() -> None:
             r.setdefault(layer, {})["1-nn (L2-normalised)"] = figure(nn_attack(simple(model, layer), enrol, query), groups)
             print(name, layer, r[layer], flush=True)
         save()
-    cfg = TransferConfig(head="auto", epochs=args.transfer_epochs,
-                         lrs=tuple(float(v) for v in args.transfer_lrs.split(",")))
-    res["transfer_config"] = {"head": cfg.head, "epochs": cfg.epochs, "lrs": cfg.lrs, "copies": cfg.copies}
-    for layer in reversed(args.transfer_layers.split(",")):  # conv5_3 first: the acceptance layer
-        for name, model in models.items():
-            if name.split(" ")[0] not in args.transfer_models.split(",") or "transfer (auto)" in res[name][layer]:
+    for name, model in models.items():
+        for layer in LAYERS:
+            r = res[name].setdefault(layer, {})
+            if f"audit: {args.audit_attacks.split(',')[-1]}" in r:
                 continue
             t0 = time.perf_counter()
-            hits, info = transfer_attack(simple(model, layer), enrol, query, cfg)
-            res[name][layer]["transfer (auto)"] = {**figure(hits, groups), **info, "seconds": time.perf_counter() - t0}
-            print(name, layer, res[name][layer], flush=True)
+            r.update(audit_attacks(simple(model, layer), p.attack, args.audit_attacks.split(",")))
+            print(name, layer, r, f"{time.perf_counter() - t0:.0f} s", flush=True)
             save()
-
 
 if __name__ == "__main__":
     main()
