@@ -143,6 +143,8 @@ def test_demo_builds_a_zoo_defence_and_refuses_the_others(setup) -> None:
     assert emb.kind == "gaussian-split" and emb.noise.sigma == 1.0
     with pytest.raises(ValueError, match="not a demo defence"):
         _defence("send-image", None, art, p, LAYER)
+    best = _defence("robust-advanced", None, art, p, LAYER, tuned=model, dim=1)  # the demo's default defence
+    assert best.kind == "robust-advanced" and best.noise.sigma == 0.5 and best.transmitted_shape(32) == (1,)
 
 
 def test_zoo_embeddings_export_and_reload_as_bundles(setup, tmp_path) -> None:

@@ -1,6 +1,7 @@
 """``privsplit demo``: the whole pipeline, quickly, on the default data (LFW if present, else synthetic).
 
-1. train the primary model; 2. build the simple and advanced embeddings at conv5_3 and export
+1. train the primary model; 2. build the simple and advanced embeddings and privsplit's best defence
+(``robust-advanced`` at dim 1, sigma 0.5: the goal point of docs/defences.md) at conv5_3 and export
 bundles; 3. serve the advanced analyzer on loopback (OIP v2) and send a few held-out faces through
 the device client; 4. audit both embeddings (the audit's fast profile, one seed: the worst case over its
 attacks with a 95% interval) and a paired test of advanced against simple on the same queries; 5. print a
@@ -34,9 +35,12 @@ def demo(
     epochs: int = typer.Option(None, min=1, help="Primary training epochs (default: 4)."),
     layer: str = typer.Option("conv5_3"),
     noise: float = typer.Option(0.5, help="Noise sigma of the advanced embedding (units of feature std)."),
-    defence: str = typer.Option(None, help="Also build and audit this defence of the zoo (e.g. gaussian-split, "
-                                "nopeek, adversarial; docs/defences.md) and test it against simple."),
-    knob: float = typer.Option(None, help="The defence's main knob (default: its middle sweep value)."),
+    defence: str = typer.Option("robust-advanced", help="Also build and audit this defence of the zoo (default: "
+                                "privsplit's best, robust-advanced; or gaussian-split, nopeek, adversarial, ...; "
+                                "docs/defences.md; 'none' skips it) and test it against simple."),
+    knob: float = typer.Option(None, help="The defence's main knob (default: robust-advanced's 0.5, else its "
+                               "middle sweep value)."),
+    dim: int = typer.Option(1, min=1, help="Reduced dimension of robust-advanced."),
 ) -> None:
     """Train, embed, serve, infer through the client, attack: the whole pipeline in a few minutes."""
     from privsplit.train.loops import TrainConfig
@@ -51,7 +55,8 @@ def demo(
     result = run_training(RunSpec(dataset=dataset, train=TrainConfig(epochs=epochs or budget["epochs"])), out)
     show_run(result.metrics, result.folder)
     console.rule("2/4 embeddings")
-    art, p, embs, client_dir, server_dir = _embed(out, layer, noise, budget, defence, knob)
+    art, p, embs, client_dir, server_dir = _embed(out, layer, noise, budget, None if defence == "none" else defence,
+                                                  knob, dim)
     console.rule("3/4 device client -> OIP v2 analyzer service (loopback)")
     preds, truth = _serve_and_infer(p, art, embs, client_dir, server_dir)
     console.rule("4/4 privacy audit (fast profile, 1 seed)")
@@ -60,7 +65,8 @@ def demo(
                   f"full paper-style report: privsplit reproduce --dataset {dataset} --out reports/{dataset}")
 
 
-def _embed(out: Path, layer: str, noise: float, budget: dict, defence: str | None, knob: float | None) -> tuple:
+def _embed(out: Path, layer: str, noise: float, budget: dict, defence: str | None, knob: float | None,
+           dim: int = 1) -> tuple:
     """Step 2: simple and advanced (and ``defence``) at ``layer``; the advanced bundles are written."""
     from privsplit.defenses.build import SiameseConfig, build_embedding, cached_siamese
     from privsplit.defenses.bundles import save_bundles
@@ -73,7 +79,7 @@ def _embed(out: Path, layer: str, noise: float, budget: dict, defence: str | Non
     embs = {kind: build_embedding(kind, art.model, layer=layer, train=p.train, column=art.primary, sigma=noise,
                                   tuned=tuned, progress=False) for kind in ("simple", "advanced")}
     if defence:
-        embs[defence] = _defence(defence, knob, art, p, layer)
+        embs[defence] = _defence(defence, knob, art, p, layer, tuned=tuned, dim=dim)
     client_dir, server_dir = save_bundles(embs["advanced"], out / "bundles" / f"advanced-{layer}", config=art.config,
                                           preprocess=art.preprocess, classes=art.classes, primary=art.primary,
                                           info={"run": str(out)}, backbone=art.manifest.get("backbone"))
@@ -155,8 +161,9 @@ def _ci(r: dict) -> str:
     return f"{r['worst_top1']:.1%} [{lo:.1%}, {hi:.1%}]"
 
 
-def _defence(name: str, knob: float | None, art, p, layer: str):
-    """A zoo defence (``privsplit.defenses.zoo``) built on the run's training split, 1 epoch (demo budget)."""
+def _defence(name: str, knob: float | None, art, p, layer: str, *, tuned=None, dim: int = 1):
+    """A zoo defence (``privsplit.defenses.zoo``) built on the run's training split, 1 epoch (demo budget);
+    ``robust-advanced`` reuses the demo's Siamese model ``tuned`` and defaults to sigma 0.5."""
     from privsplit.defenses.objectives import FinetuneConfig
     from privsplit.defenses.zoo import DEFENCES
 
@@ -164,6 +171,9 @@ def _defence(name: str, knob: float | None, art, p, layer: str):
     if name in ("calibrated-noise", "send-image"):
         raise ValueError(f"--defence {name} is not a demo defence; use benchmarks/defences_pareto.py")
     kwargs = {} if name == "gaussian-split" else {"config": FinetuneConfig(epochs=1)}
+    if name == "robust-advanced":
+        kwargs = {"tuned": tuned, "dim": dim}
+        knob = 0.5 if knob is None else knob
     value = entry.knobs[len(entry.knobs) // 2] if knob is None else knob
     console.print(f"building {name} ({entry.knob} = {value}; {entry.paper})")
     return entry(art.model, layer=layer, train=p.train, column=art.primary, knob=value, **kwargs)
