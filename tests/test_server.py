@@ -9,8 +9,8 @@ import threading
 import numpy as np
 import pytest
 
-from runtime_support import (
-    API_KEY, Raw, analyze, build_bundles, client_bundle, face_images, infer_body, reference, running,
+from runtime_support import (  # noqa: F401 - bundles, model, pair: shared module fixtures
+    API_KEY, Raw, analyze, bundles, client_bundle, face_images, infer_body, model, pair, reference, running,
     seeded_client_bundle, server_bundle,
 )
 
@@ -18,16 +18,6 @@ from privsplit.runtime.client import Client, ClientError
 from privsplit.runtime.metrics import parse_prometheus
 from privsplit.runtime.server import AnalyzerService, load_api_keys
 from privsplit.runtime.wire import InferRequest, InferTensor, decode_response, encode_request
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    return build_bundles(tmp_path_factory.mktemp("bundles"), copies=2)
-
-
-@pytest.fixture(scope="module")
-def pair(bundles):
-    return bundles[0]
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +31,6 @@ def raw(server):
     r = Raw(server.port)
     yield r
     r.close()
-
-
-@pytest.fixture(scope="module")
-def model(pair):
-    return server_bundle(pair[1]).model_name
 
 
 def test_health_and_metadata(raw, model, pair):
