@@ -42,7 +42,9 @@ from starlette.types import ASGIApp
 from privsplit import __version__
 from privsplit.defenses.bundles import ServerBundle
 from privsplit.runtime.auth import API_KEYS_ENV, KeyCheck, load_api_keys
-from privsplit.runtime.routes import MetricsMiddleware, encode_json, install_error_handlers, oip_router
+from privsplit.runtime.routes import (
+    InferEndpoint, MetricsMiddleware, encode_json, install_error_handlers, oip_router,
+)
 from privsplit.runtime.service import MODEL_VERSION, SERVER_NAME, AnalyzerService, ServiceError
 from privsplit.runtime.workers import bind_socket, serve_workers
 
@@ -86,8 +88,11 @@ def create_app(bundle: ServerBundle | str | Path | AnalyzerService, *, api_keys:
     app.state.service = service
     app.state.metrics = service.metrics
     install_error_handlers(app)
-    app.include_router(oip_router(service, check_key, max_body_bytes=max_body_bytes))
-    app.add_middleware(MetricsMiddleware, metrics=service.metrics)  # counts every reply, 404s and 500s too
+    app.include_router(oip_router(service, check_key))
+    # the hot route in front of FastAPI's layers (see InferEndpoint); added first, so it sits inside
+    # the metrics middleware, which counts every reply, 404s and 500s too
+    app.add_middleware(InferEndpoint, service=service, check_key=check_key, max_body_bytes=max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     return app
 
 
