@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,27 +27,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_serve import build_bundles  # noqa: E402
+from loadgen import free_port  # noqa: E402
 
 from privsplit.defenses import load_client_bundle  # noqa: E402
 from privsplit.runtime.client import Client  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def workers_of(supervisor: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == supervisor and b"spawn_main" in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return sorted(found)
+from privsplit.runtime.workers import worker_pids  # noqa: E402
 
 
 def run(proto: str, target: str, bundle, supervisor: int, clients: int, seconds: float) -> dict:
@@ -71,14 +54,14 @@ def run(proto: str, target: str, bundle, supervisor: int, clients: int, seconds:
     for t in threads:
         t.start()
     time.sleep(seconds / 3)
-    victim = workers_of(supervisor)[0]
+    victim = worker_pids(supervisor)[0]
     os.kill(victim, signal.SIGKILL)
     time.sleep(seconds * 2 / 3)
     stop.set()
     for t in threads:
         t.join(120)
     all_lat = sorted(v for per in lat for v in per)
-    replaced = victim not in workers_of(supervisor) and len(workers_of(supervisor)) == 2
+    replaced = victim not in worker_pids(supervisor) and len(worker_pids(supervisor)) == 2
     return {"protocol": proto, "requests": len(all_lat), "rps": len(all_lat) / seconds,
             "p50_ms": 1000 * all_lat[len(all_lat) // 2], "p99_ms": 1000 * all_lat[int(len(all_lat) * 0.99)],
             "errors": len(errors), "first_error": errors[0] if errors else "", "worker_replaced": replaced}
@@ -98,7 +81,7 @@ def main() -> None:
                                  "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         try:
-            while len(workers_of(proc.pid)) < 2:
+            while len(worker_pids(proc.pid)) < 2:
                 time.sleep(0.5)
             while True:
                 try:
@@ -110,7 +93,7 @@ def main() -> None:
             bundle = load_client_bundle(client_dir)
             print(f"load average before: {os.getloadavg()}", flush=True)
             for proto, target in (("rest", f"http://127.0.0.1:{rest}"), ("grpc", f"grpc://127.0.0.1:{grpc_port}")):
-                while len(workers_of(proc.pid)) < 2:  # the worker killed in the previous run is replaced
+                while len(worker_pids(proc.pid)) < 2:  # the worker killed in the previous run is replaced
                     time.sleep(0.5)
                 res = run(proto, target, bundle, proc.pid, args.clients, args.seconds)
                 print(f"{proto}: {args.clients} clients x {args.seconds:g} s, one worker killed at "

@@ -3,13 +3,17 @@
 (a) Throughput: ``privsplit serve --workers W --grpc-port G`` runs in its own process(es) for each W of
     ``--workers`` (default 1 and 2); a multi-process load generator (``loadgen.py``, ``--load-procs``
     processes) runs C closed-loop clients (C = 1, 16, 64), each with one keep-alive REST connection or
-    one gRPC channel, sending one-image requests (binary tensors / raw_input_contents, a fresh request id
+    one gRPC channel with its own connection, sending one-image requests (binary tensors / raw_input_contents, a fresh request id
     each, like :class:`privsplit.runtime.client.Client`) back to back for ``--seconds``, first over REST,
     then over gRPC. Reported: requests/s, p50/p99 latency, errors (must be 0), server CPU µs per request
     (all server processes, from /proc), the mean analyzer batch (from ``/metrics``), and the ratio of the
     served images/s to the raw in-process analyzer (``AnalyzerService.run_batch``) at batch size C.
-    With ``--triton`` (default when ``.venv-triton`` exists) the same load also goes to the same analyzer
-    on Triton Inference Server via PyTriton (``python -m privsplit.runtime.triton``), REST and gRPC.
+    With ``--triton`` (default when its interpreter exists: ``PRIVSPLIT_TRITON_PYTHON``, else
+    ``.venv-triton/bin/python``) the same load also goes to the same analyzer on Triton Inference Server
+    via PyTriton (``python -m privsplit.runtime.triton``), REST and gRPC. ``--runs N`` repeats the whole
+    set N times (every server restarted) and reports per server and level the median of each figure, each
+    run's p99 and the range of the 1-min load average (read before and after every level), plus issue 14's
+    acceptance checks against Triton.
 (b) Bytes on the wire per image: OIP request and response bodies for PCA-4/6/8 features (binary and JSON;
     one image per request and 64 per request), vs the face as a 64x64 JPEG (quality 75/90, the model's
     crop) and the original LFW JPEG.
@@ -20,7 +24,7 @@ load average is printed with them.
 
 Run (from the repository root)::
 
-    PYTHONPATH=src python3 benchmarks/bench_serve.py              # ~4 min; prints, updates docs/runtime.md
+    PYTHONPATH=src python3 benchmarks/bench_serve.py --workers 2 --runs 3   # ~8 min; updates docs/runtime.md
     PYTHONPATH=src python3 benchmarks/bench_serve.py --seconds 3 --no-docs
 """
 from __future__ import annotations
@@ -30,7 +34,6 @@ import io
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,7 +59,7 @@ from privsplit.runtime.server import AnalyzerService
 from privsplit.runtime.wire import InferResponse, InferTensor, encode_request, encode_response
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import run_load  # noqa: E402
+from loadgen import free_port, run_load, tree_cpu_seconds, wait_ready  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "runtime.md"
@@ -99,26 +102,6 @@ def has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, model: str, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/v2/models/{model}/ready", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} not ready after {timeout} s")
-
-
 # ----------------------------------------------------------------------------- (a) throughput
 
 def raw_throughput(server_dir: Path, batch: int, seconds: float) -> float:
@@ -153,6 +136,25 @@ def request_bodies(client_dir: Path, n: int = 512) -> dict[str, list]:
     return out
 
 
+def measure(kind: str, port: int, model: str, bodies: list, concurrency: int, args, pid: int,
+            metrics_port: int | None) -> dict[str, float]:
+    """One load run at one level: the load generator's numbers, server CPU µs/request (all processes
+    under ``pid``), the mean analyzer batch (privsplit's ``/metrics``) and the 1-min load average
+    before and after."""
+    load0 = os.getloadavg()[0]
+    before = metrics(metrics_port) if metrics_port else {}
+    cpu0 = tree_cpu_seconds(pid)
+    res = run_load(kind, port, model, bodies, concurrency, args.seconds, args.load_procs)
+    res["cpu_us"] = 1e6 * (tree_cpu_seconds(pid) - cpu0) / max(1, res["requests"])
+    res["load_before"], res["load_after"] = load0, os.getloadavg()[0]
+    if metrics_port:
+        time.sleep(1.2)  # workers publish their metrics once a second
+        after = metrics(metrics_port)
+        calls = after["privsplit_batch_size_count"] - before["privsplit_batch_size_count"]
+        res["mean_batch"] = (after["privsplit_batch_size_sum"] - before["privsplit_batch_size_sum"]) / max(1, calls)
+    return {"concurrency": concurrency, **res}
+
+
 def bench_server(name: str, cmd: list[str], env: dict[str, str], ports: dict[str, int], model: str, bodies,
                  args, privsplit_metrics: bool) -> dict[str, list[dict[str, float]]]:
     """Start one server, load it over each protocol in ``ports`` at each level; rows per 'name, protocol'."""
@@ -168,19 +170,13 @@ def bench_server(name: str, cmd: list[str], env: dict[str, str], ports: dict[str
             run_load(kind, port, model, bodies[kind], 4, 1.0, args.load_procs)  # warm-up
             rows = out[label] = []
             for c in args.level_list:
-                before = metrics(ports["rest"]) if privsplit_metrics else {}
-                cpu0 = tree_cpu_seconds(proc.pid)
-                res = run_load(kind, port, model, bodies[kind], c, args.seconds, args.load_procs)
-                res["cpu_us"] = 1e6 * (tree_cpu_seconds(proc.pid) - cpu0) / max(1, res["requests"])
-                if privsplit_metrics:
-                    time.sleep(1.2)  # workers publish their metrics once a second
-                    after = metrics(ports["rest"])
-                    calls = after["privsplit_batch_size_count"] - before["privsplit_batch_size_count"]
-                    res["mean_batch"] = (after["privsplit_batch_size_sum"] - before["privsplit_batch_size_sum"]) / max(1, calls)
-                rows.append({"concurrency": c, **res})
+                res = measure(kind, port, model, bodies[kind], c, args, proc.pid,
+                              ports["rest"] if privsplit_metrics else None)
+                rows.append(res)
                 batch = f"  mean batch {res['mean_batch']:.1f}" if "mean_batch" in res else ""
                 print(f"  c={c:>2}: {res['rps']:7.0f} req/s  p50 {res['p50_ms']:.2f} ms  p99 {res['p99_ms']:.2f} ms  "
-                      f"errors {res['errors']}  server CPU {res['cpu_us']:.0f} us/req{batch}", flush=True)
+                      f"errors {res['errors']}  server CPU {res['cpu_us']:.0f} us/req{batch}  "
+                      f"load {res['load_before']:.1f}->{res['load_after']:.1f}", flush=True)
         return out
     finally:
         proc.send_signal(2)
@@ -191,26 +187,52 @@ def bench_server(name: str, cmd: list[str], env: dict[str, str], ports: dict[str
             proc.wait(10)
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and its descendants (Triton runs in child processes)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    children: dict[int, list[int]] = {}
-    stats: dict[int, float] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-        stats[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
-    total, todo = 0.0, [pid]
-    while todo:
-        p = todo.pop()
-        total += stats.get(p, 0.0)
-        todo += children.get(p, [])
-    return total
+def median_rows(runs: list[dict[str, list[dict]]]) -> dict[str, list[dict]]:
+    """Per (server, level), the median over runs of every measured figure; errors summed, the load
+    average's range over the runs kept, and each run's p99 listed."""
+    out: dict[str, list[dict]] = {}
+    for label in runs[0]:
+        out[label] = []
+        for i, first in enumerate(runs[0][label]):
+            rows = [run[label][i] for run in runs]
+            row = {k: statistics.median(r[k] for r in rows) for k in first
+                   if k not in ("concurrency", "errors", "load_before", "load_after")}
+            row.update(concurrency=first["concurrency"], errors=sum(r["errors"] for r in rows),
+                       load_min=min(min(r["load_before"], r["load_after"]) for r in rows),
+                       load_max=max(max(r["load_before"], r["load_after"]) for r in rows),
+                       p99_runs=[r["p99_ms"] for r in rows])
+            out[label].append(row)
+    return out
+
+
+def server_commands(args, server_dir: Path) -> list[tuple]:
+    """(name, command, ports, privsplit metrics?) of every server to measure, with fresh ports."""
+    specs = []
+    for workers in [int(w) for w in args.workers.split(",")]:
+        ports = {"rest": free_port(), "grpc": free_port()}
+        for name, extra in [("httptools + uvloop", ["--http", "httptools", "--loop", "uvloop"]),
+                            *([("h11 + asyncio", ["--http", "h11", "--loop", "asyncio"])] if args.h11 else [])]:
+            specs.append((f"privsplit serve --workers {workers} ({name})",
+                          [sys.executable, "-c", "from privsplit.cli import main; main()", "serve", str(server_dir),
+                           "--port", str(ports["rest"]), "--grpc-port", str(ports["grpc"]), "--workers", str(workers),
+                           "--log-level", "warning", "--threads", "1", "--max-delay-ms", str(args.max_delay_ms),
+                           *extra], ports, True))
+    if args.triton_python:
+        ports = [free_port() for _ in range(3)]
+        specs.append(("Triton (PyTriton), max-delay 2 ms",
+                      [args.triton_python, "-m", "privsplit.runtime.triton", str(server_dir), "--http-port",
+                       str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]),
+                       "--max-delay-us", "2000"], {"rest": ports[0], "grpc": ports[1]}, False))
+    return specs
+
+
+def triton_python(choice: str) -> str | None:
+    """The PyTriton interpreter: ``PRIVSPLIT_TRITON_PYTHON`` or ``.venv-triton`` (as tests/test_interop.py)."""
+    path = os.environ.get("PRIVSPLIT_TRITON_PYTHON", str(ROOT / ".venv-triton" / "bin" / "python"))
+    if choice == "no" or (choice == "auto" and not Path(path).exists()):
+        print(f"Triton skipped: no {path} (see docs/runtime.md for the PyTriton environment)", flush=True)
+        return None
+    return path
 
 
 # ----------------------------------------------------------------------------- (b) bytes on the wire
@@ -264,17 +286,22 @@ def jpeg_bytes(sample: int = 400) -> dict[str, float] | None:
 def render(args, raw: dict[int, float], serve_rows: dict[str, list], wire: list, jpeg: dict | None,
            env_line: str) -> str:
     lines = [f"Command: `{args.command}`", "", env_line, "",
-             "**(a) Throughput**, one image per request, binary tensors, keep-alive, loopback; raw = the analyzer "
-             "in process at batch = concurrency (images/s); ratio = served images/s / raw.", "",
-             "| server | concurrency | req/s | p50 ms | p99 ms | errors | server CPU µs/req | mean batch "
-             "| raw images/s | ratio |",
+             f"**(a) Throughput**, one image per request, binary tensors, keep-alive, loopback; every figure the "
+             f"median of {args.runs} run(s) (p99 of each run in brackets); load = the 1-min load average's range "
+             f"over those runs; raw = the analyzer in process at batch = concurrency (images/s); ratio = served "
+             f"images/s / raw.", "",
+             "| server | concurrency | req/s | p50 ms | p99 ms (runs) | errors | server CPU µs/req | mean batch "
+             "| load | ratio |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, rows in serve_rows.items():
         for r in rows:
             mb = f"{r['mean_batch']:.1f}" if "mean_batch" in r else "n/a"
-            lines.append(f"| {name} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                         f"{r['errors']} | {r['cpu_us']:.0f} | {mb} | {raw[r['concurrency']]:.0f} | "
-                         f"{r['rps'] / raw[r['concurrency']]:.1%} |")
+            runs = ", ".join(f"{v:.0f}" for v in r["p99_runs"])
+            lines.append(f"| {name} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.1f} "
+                         f"({runs}) | {r['errors']} | {r['cpu_us']:.0f} | {mb} | {r['load_min']:.1f}–"
+                         f"{r['load_max']:.1f} | {r['rps'] / raw[r['concurrency']]:.1%} |")
+    lines += ["", "Raw analyzer (images/s): " + ", ".join(f"batch {c}: {v:.0f}" for c, v in raw.items()) + "."]
+    lines += acceptance(serve_rows)
     lines += ["", "**(b) Bytes on the wire per image** (HTTP bodies; the HTTP headers add about 200 B per request).",
               "", "| features | images/request | encoding | request B/image | response B/image |",
               "|---|---:|---|---:|---:|"]
@@ -289,6 +316,28 @@ def render(args, raw: dict[int, float], serve_rows: dict[str, list], wire: list,
     return "\n".join(lines)
 
 
+def acceptance(serve_rows: dict[str, list]) -> list[str]:
+    """Issue 14's bars, privsplit (most workers measured) vs Triton over the same protocol."""
+    triton = {k.rsplit(", ", 1)[1]: v for k, v in serve_rows.items() if k.startswith("Triton")}
+    ours = {k.rsplit(", ", 1)[1]: (k, v) for k, v in serve_rows.items() if k.startswith("privsplit")}
+    if not triton:
+        return []
+    out = []
+    for proto, (label, rows) in ours.items():
+        mine, theirs = ({r["concurrency"]: r for r in rs} for rs in (rows, triton.get(proto, [])))
+        if not {16, 64} <= mine.keys() & theirs.keys():
+            continue
+        verdict = lambda ok: "met" if ok else "**missed**"  # noqa: E731
+        ratios = [mine[c]["rps"] / theirs[c]["rps"] for c in (16, 64)]
+        out.append(f"* {label} vs Triton {proto}: req/s {ratios[0]:.2f}x at 16, {ratios[1]:.2f}x at 64 "
+                   f"({verdict(min(ratios) >= 1.2)}); p99 at 64 {mine[64]['p99_ms']:.1f} vs "
+                   f"{theirs[64]['p99_ms']:.1f} ms ({verdict(mine[64]['p99_ms'] <= theirs[64]['p99_ms'])}); "
+                   f"p99 at 16 {mine[16]['p99_ms']:.1f} ms ({verdict(mine[16]['p99_ms'] <= 50)}).")
+    head = ["", "Acceptance (issue 14; medians above): req/s >= 1.2x Triton's at 16 and 64, p99 at 64 <= Triton's, "
+                "p99 at 16 <= 50 ms.", ""]
+    return head + out if out else []
+
+
 def update_doc(text: str) -> None:
     doc = DOC.read_text()
     if START not in doc or END not in doc:
@@ -300,6 +349,7 @@ def update_doc(text: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="per concurrency level")
+    parser.add_argument("--runs", type=int, default=1, help="runs (each server restarted); the table shows medians")
     parser.add_argument("--raw-seconds", type=float, default=3.0)
     parser.add_argument("--levels", default="1,16,64")
     parser.add_argument("--workers", default="1,2", help="privsplit serve --workers values to measure")
@@ -311,6 +361,7 @@ def main() -> None:
     args = parser.parse_args()
     args.command = " ".join(["PYTHONPATH=src python3 benchmarks/bench_serve.py", *sys.argv[1:]])
     levels = args.level_list = [int(v) for v in args.levels.split(",")]
+    args.triton_python = triton_python(args.triton)
     torch.set_num_threads(1)  # the raw baseline gets one core, like the server's batching worker below
     with tempfile.TemporaryDirectory() as tmp:
         bundles = build_bundles(Path(tmp), (4, 6, 8))
@@ -321,35 +372,19 @@ def main() -> None:
         print("  " + ", ".join(f"batch {c}: {v:.0f}" for c, v in raw.items()), flush=True)
         bodies = request_bodies(client_dir)
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PRIVSPLIT_API_KEYS": "", "OMP_NUM_THREADS": "1"}
-        serve_rows: dict[str, list] = {}
-        for workers in [int(w) for w in args.workers.split(",")]:
-            ports = {"rest": free_port(), "grpc": free_port()}
-            for name, extra in [("httptools + uvloop", ["--http", "httptools", "--loop", "uvloop"]),
-                                *([("h11 + asyncio", ["--http", "h11", "--loop", "asyncio"])] if args.h11 else [])]:
-                serve_rows.update(bench_server(
-                    f"privsplit serve --workers {workers} ({name})",
-                    [sys.executable, "-c", "from privsplit.cli import main; main()", "serve", str(server_dir),
-                     "--port", str(ports["rest"]), "--grpc-port", str(ports["grpc"]), "--workers", str(workers),
-                     "--log-level", "warning", "--threads", "1", "--max-delay-ms", str(args.max_delay_ms), *extra],
-                    env, ports, model, bodies, args, True))
-        triton_py = ROOT / ".venv-triton" / "bin" / "python"
-        if args.triton == "yes" or (args.triton == "auto" and triton_py.exists()):
-            ports = [free_port() for _ in range(3)]
-            serve_rows.update(bench_server(
-                "Triton (PyTriton), max-delay 2 ms",
-                [str(triton_py), "-m", "privsplit.runtime.triton", str(server_dir), "--http-port", str(ports[0]),
-                 "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), "--max-delay-us", "2000"],
-                env, {"rest": ports[0], "grpc": ports[1]}, model, bodies, args, False))
-        else:
-            print(f"Triton skipped: no {triton_py} (see docs/runtime.md for the PyTriton environment)", flush=True)
+        runs = []
+        for run in range(args.runs):
+            print(f"--- run {run + 1} of {args.runs}", flush=True)
+            runs.append({})
+            for name, cmd, ports, ours in server_commands(args, server_dir):
+                runs[-1].update(bench_server(name, cmd, env, ports, model, bodies, args, ours))
         wire = wire_bytes(bundles)
     jpeg = jpeg_bytes()
-    env_line = (f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, load average (1 min) before the run "
-                f"{LOAD_BEFORE:.1f}, after it {os.getloadavg()[0]:.1f} (other jobs shared the CPUs; one run, "
-                f"not a quiet-machine median), load generator: {args.load_procs} processes on the same CPUs, "
-                f"Python {platform.python_version()}, "
-                f"torch {torch.__version__} (1 thread for the analyzer), {time.strftime('%Y-%m-%d')}.")
-    text = render(args, raw, serve_rows, wire, jpeg, env_line)
+    env_line = (f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, load average (1 min) before the benchmark "
+                f"{LOAD_BEFORE:.1f}, after it {os.getloadavg()[0]:.1f}; load generator: {args.load_procs} processes "
+                f"on the same CPUs; Python {platform.python_version()}, torch {torch.__version__} (1 thread per "
+                f"analyzer); {args.seconds:g} s per level; {time.strftime('%Y-%m-%d %H:%M %Z')}.")
+    text = render(args, raw, median_rows(runs), wire, jpeg, env_line)
     print(text)
     if not args.no_docs:
         update_doc(text)

@@ -1,23 +1,75 @@
 """Multi-process closed-loop load generator for OIP v2 servers (REST keep-alive or gRPC), loopback only.
 
 ``run_load`` forks ``procs`` processes holding ``concurrency`` client threads in all; each thread keeps
-one connection (REST) or one channel (gRPC, so connections spread over server workers like separate
-devices would) and sends pre-encoded one-image requests back to back, each with a fresh request id
-(swapped into the encoded bytes, same length) so no idempotency-cache hit flatters the numbers.
+one connection (REST) or one channel with its own connection (gRPC: a local subchannel pool, so
+connections spread over server workers as separate devices would) and sends pre-encoded one-image
+requests back to back, each with a fresh request id (swapped into the encoded bytes, same length) so
+no idempotency-cache hit flatters the numbers.
 Several processes keep the generator's own GIL from being the bottleneck. Every client connects and
 sends one untimed request before the clock starts: connection setup is not request latency (64 connects
 at once would otherwise be ~2% of the samples and decide the p99).
+
+Also the benchmarks' server-process helpers: ``free_port``, ``wait_ready``, ``tree_cpu_seconds``.
 """
 from __future__ import annotations
 
 import http.client
 import multiprocessing as mp
+import os
+import socket
+import subprocess
 import threading
 import time
+import urllib.request
 import uuid
+from pathlib import Path
 from typing import Any
 
 HOST = "127.0.0.1"  # never anything else
+
+
+def free_port() -> int:
+    """A loopback TCP port free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, model: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Return once ``model`` is ready at ``url`` (OIP REST); fail if ``proc`` exits or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/v2/models/{model}/ready", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout} s")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its descendants (Triton runs in child processes)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    stats: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        stats[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += stats.get(p, 0.0)
+        todo += children.get(p, [])
+    return total
 
 
 def _rest_thread(port: int, model: str, bodies: list, k: int, step: int, start: Any, stop: threading.Event,
@@ -53,7 +105,9 @@ def _grpc_thread(port: int, model: str, bodies: list, k: int, step: int, start: 
                  out: list, errors: list) -> None:
     import grpc
 
-    channel = grpc.insecure_channel(f"{HOST}:{port}")
+    # its own connection: gRPC otherwise shares one subchannel among a process's channels to one target,
+    # so 64 "clients" were 4 connections (one per process), all hashed to one or two server workers
+    channel = grpc.insecure_channel(f"{HOST}:{port}", [("grpc.use_local_subchannel_pool", 1)])
     rpc = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
     rid, body = bodies[k % len(bodies)]
     rpc(body.replace(rid, uuid.uuid4().hex.encode(), 1), timeout=30)  # connected and warm

@@ -1,9 +1,11 @@
-"""Helpers shared by the runtime tests: tiny bundles, a real uvicorn server, raw HTTP calls."""
+"""Helpers shared by the runtime tests: tiny bundles, a real uvicorn server, raw HTTP calls, free ports,
+and the module-scoped fixtures ``bundles`` / ``pair`` / ``model`` (import them into a test module to use them)."""
 from __future__ import annotations
 
 import functools
 import http.client
 import json
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,31 @@ def build_bundles(folder: Path, *, sigma: float = 0.5, dim: int = 4, copies: int
                           sigma=sigma, noise_mode=noise_mode, progress=False)
     return [save_bundles(emb, folder / f"b{i}", config=model.config, preprocess=faces.preprocess,
                          classes=["F", "M"], primary="gender") for i in range(copies)]
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    """Two exports of the tiny embedding (two embedding ids), built once per test module."""
+    return build_bundles(tmp_path_factory.mktemp("bundles"), copies=2)
+
+
+@pytest.fixture(scope="module")
+def pair(bundles):
+    """(client folder, server folder) of the first export."""
+    return bundles[0]
+
+
+@pytest.fixture(scope="module")
+def model(pair):
+    """The served model's name."""
+    return server_bundle(pair[1]).model_name
+
+
+def free_port() -> int:
+    """A loopback TCP port free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def face_images(n: int = 6, seed: int = 3) -> np.ndarray:

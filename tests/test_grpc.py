@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from grpc_support import RawGrpc, grpc, running_both
-from runtime_support import (
-    API_KEY, Raw, analyze, build_bundles, client_bundle, face_images, reference, seeded_client_bundle, server_bundle,
+from runtime_support import (  # noqa: F401 - bundles, model, pair: shared module fixtures
+    API_KEY, Raw, analyze, bundles, client_bundle, face_images, model, pair, reference, seeded_client_bundle,
+    server_bundle,
 )
 
 from privsplit.defenses import load_server_bundle
@@ -20,24 +21,9 @@ tg = pytest.importorskip("tritonclient.grpc", reason="needs tritonclient[grpc] (
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    return build_bundles(tmp_path_factory.mktemp("bundles"), copies=2)
-
-
-@pytest.fixture(scope="module")
-def pair(bundles):
-    return bundles[0]
-
-
-@pytest.fixture(scope="module")
 def servers(pair):
     with running_both(server_bundle(pair[1])) as both:
         yield both
-
-
-@pytest.fixture(scope="module")
-def model(pair):
-    return server_bundle(pair[1]).model_name
 
 
 def test_tritonclient_grpc_interop(servers, pair, model):

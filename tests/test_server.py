@@ -9,8 +9,8 @@ import threading
 import numpy as np
 import pytest
 
-from runtime_support import (
-    API_KEY, Raw, analyze, build_bundles, client_bundle, face_images, infer_body, reference, running,
+from runtime_support import (  # noqa: F401 - bundles, model, pair: shared module fixtures
+    API_KEY, Raw, analyze, bundles, client_bundle, face_images, infer_body, model, pair, reference, running,
     seeded_client_bundle, server_bundle,
 )
 
@@ -18,16 +18,6 @@ from privsplit.runtime.client import Client, ClientError
 from privsplit.runtime.metrics import parse_prometheus
 from privsplit.runtime.server import AnalyzerService, load_api_keys
 from privsplit.runtime.wire import InferRequest, InferTensor, decode_response, encode_request
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    return build_bundles(tmp_path_factory.mktemp("bundles"), copies=2)
-
-
-@pytest.fixture(scope="module")
-def pair(bundles):
-    return bundles[0]
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +31,6 @@ def raw(server):
     r = Raw(server.port)
     yield r
     r.close()
-
-
-@pytest.fixture(scope="module")
-def model(pair):
-    return server_bundle(pair[1]).model_name
 
 
 def test_health_and_metadata(raw, model, pair):
@@ -387,3 +372,21 @@ def test_metrics_text_format():
     assert parsed['privsplit_request_latency_seconds_bucket{endpoint="infer",le="0.005"}'] == 2
     assert parsed['privsplit_batch_size_bucket{le="4"}'] == 0 and parsed['privsplit_batch_size_bucket{le="8"}'] == 1
     assert parsed["privsplit_batch_requests_sum"] == 3 and parsed["privsplit_duplicate_requests_total"] == 0
+
+
+def test_freeze_startup_objects_takes_them_out_of_full_collections():
+    """serve() freezes what start-up created (the GC pauses that were the p99 tail, docs/runtime.md)."""
+    import gc
+
+    from privsplit.runtime.server import freeze_startup_objects
+
+    try:
+        frozen = freeze_startup_objects()
+        assert frozen == gc.get_freeze_count() > 10_000  # torch, FastAPI, the test's bundles
+        cycle: list = []
+        cycle.append(cycle)  # garbage made after the freeze is still collected
+        del cycle
+        assert gc.collect() >= 1 and gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+    assert gc.get_freeze_count() == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,31 +16,13 @@ import numpy as np
 import pytest
 
 pytest.importorskip("grpc", reason="needs the grpc extra")
-from runtime_support import build_bundles, client_bundle  # noqa: E402
+from runtime_support import build_bundles, client_bundle, free_port  # noqa: E402
 
 from privsplit.runtime.client import Client  # noqa: E402
 from privsplit.runtime.metrics import parse_prometheus  # noqa: E402
+from privsplit.runtime.workers import worker_pids  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _workers(supervisor: int) -> list[int]:
-    """The supervisor's worker processes (not multiprocessing's resource tracker), from /proc."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == supervisor and b"spawn_main" in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return sorted(found)
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -52,7 +33,7 @@ def _get(url: str) -> tuple[int, bytes]:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     client_dir, server_dir = build_bundles(tmp_path_factory.mktemp("bundles"))[0]
-    rest, grpc_port = _free_port(), _free_port()
+    rest, grpc_port = free_port(), free_port()
     code = (f"from privsplit.runtime.server import serve; serve({str(server_dir)!r}, port={rest}, "
             f"grpc_port={grpc_port}, workers=2, api_keys=[], log_level='warning', max_delay_ms=1.0)")
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -61,7 +42,7 @@ def cluster(tmp_path_factory):
     deadline = time.monotonic() + 120
     while True:  # both workers up: each answers on its own, so wait for two worker processes and readiness
         try:
-            if _get(f"{url}/v2/health/ready")[0] == 200 and len(_workers(proc.pid)) == 2:
+            if _get(f"{url}/v2/health/ready")[0] == 200 and len(worker_pids(proc.pid)) == 2:
                 break
         except OSError:
             pass
@@ -80,7 +61,7 @@ def cluster(tmp_path_factory):
 
 def test_two_workers_one_port_summed_metrics(cluster):
     proc, url, grpc_url, client_dir = cluster
-    assert len(_workers(proc.pid)) == 2
+    assert len(worker_pids(proc.pid)) == 2
     before = parse_prometheus(_get(f"{url}/metrics")[1].decode())
     x = np.random.default_rng(0).normal(size=(1, 4)).astype(np.float32)
     for _ in range(30):  # a fresh connection each time: the kernel spreads them over both workers
@@ -118,7 +99,7 @@ def test_load_100_clients_worker_killed_no_request_lost(cluster):
     for t in threads:
         t.start()
     time.sleep(3.0)
-    victim = _workers(proc.pid)[0]
+    victim = worker_pids(proc.pid)[0]
     os.kill(victim, signal.SIGKILL)
     time.sleep(7.0)
     stop.set()
@@ -127,7 +108,7 @@ def test_load_100_clients_worker_killed_no_request_lost(cluster):
     assert not errors, errors[:5]
     assert min(done) >= 1 and sum(done) >= 300, (min(done), sum(done))
     deadline = time.monotonic() + 60
-    while len(_workers(proc.pid)) != 2 or victim in _workers(proc.pid):  # the supervisor replaced it
+    while len(worker_pids(proc.pid)) != 2 or victim in worker_pids(proc.pid):  # the supervisor replaced it
         assert time.monotonic() < deadline, "the killed worker was not replaced"
         time.sleep(0.5)
     assert _get(f"{url}/v2/health/ready")[0] == 200

@@ -50,7 +50,9 @@ class GrpcTransport:
     def _rpc(self, name: str, serializer: Any, deserializer: Any) -> Any:
         with self._lock:
             if self._channel is None:
-                options = [("grpc.max_receive_message_length", 64 * 2**20)]
+                # a local subchannel pool gives this Client its own connection, as a device has: gRPC
+                # otherwise shares one among all channels of a process, putting every Client on one worker
+                options = [("grpc.max_receive_message_length", 64 * 2**20), ("grpc.use_local_subchannel_pool", 1)]
                 self._channel = (grpc.secure_channel(self.target, self._tls, options) if self._tls
                                  else grpc.insecure_channel(self.target, options))
             return self._channel.unary_unary(f"/{SERVICE_NAME}/{name}", request_serializer=serializer,

@@ -1,7 +1,8 @@
 """The REST front end of :class:`~privsplit.runtime.service.AnalyzerService` (OIP v2 over HTTP).
 
 :func:`oip_router` holds the routes, :func:`install_error_handlers` turns every failure into
-``{"error": "..."}`` with its status, :class:`MetricsMiddleware` counts every reply. Further routers
+``{"error": "..."}`` with its status, :class:`InferEndpoint` answers inference (pure ASGI, in
+front of FastAPI), :class:`MetricsMiddleware` counts every reply. Further routers
 (e.g. a browser page) are added beside :func:`oip_router` in their own modules.
 """
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from privsplit.runtime.auth import KeyCheck
@@ -22,7 +25,7 @@ from privsplit.runtime.metrics import ServiceMetrics
 from privsplit.runtime.service import INTERNAL_ERROR, AnalyzerService, ServiceError
 from privsplit.runtime.wire import WireError, decode_request, encode_error, encode_response
 
-__all__ = ["oip_router", "install_error_handlers", "MetricsMiddleware", "encode_json"]
+__all__ = ["oip_router", "InferEndpoint", "install_error_handlers", "MetricsMiddleware", "encode_json"]
 
 log = logging.getLogger("privsplit.serve")
 JSON = "application/json"
@@ -63,27 +66,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return error(500, INTERNAL_ERROR)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it (or its declared length) exceeds ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-        raise ServiceError(413, f"request body of {int(declared)} bytes exceeds the limit of "
-                                f"{limit} bytes; send fewer rows per request")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ServiceError(413, f"request body exceeds the limit of {limit} bytes; send fewer rows per request")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def oip_router(service: AnalyzerService, check_key: KeyCheck, *, max_body_bytes: int) -> APIRouter:
-    """Health (no key), metadata, inference and ``/metrics`` routes for ``service``."""
+def oip_router(service: AnalyzerService, check_key: KeyCheck) -> APIRouter:
+    """Health (no key), metadata and ``/metrics`` routes for ``service`` (inference: :class:`InferEndpoint`)."""
     router = APIRouter()
     _health_routes(router, service)
     _metadata_routes(router, service, check_key)
-    _infer_route(router, service, check_key, max_body_bytes)
     return router
 
 
@@ -125,15 +112,53 @@ def _metadata_routes(router: APIRouter, service: AnalyzerService, check_key: Key
         return Response(service.metrics.render().encode(), media_type="text/plain; version=0.0.4")
 
 
-def _infer_route(router: APIRouter, service: AnalyzerService, check_key: KeyCheck, max_body_bytes: int) -> None:
-    @router.post("/v2/models/{name}/infer")
-    @router.post("/v2/models/{name}/versions/{version}/infer")
-    async def infer(name: str, request: Request, version: str | None = None) -> Response:
-        check_key(request.headers)
-        service.check_model(name, version)
-        body = await read_body(request, max_body_bytes)
+class _Disconnected(Exception):
+    """The client went away before its request body arrived: nothing to answer."""
+
+
+class InferEndpoint:
+    """``POST /v2/models/{name}[/versions/{v}]/infer`` as pure ASGI middleware; every other request
+    goes on to the FastAPI app.
+
+    Why not a FastAPI route: under load the REST worker's event loop is the bottleneck (it holds the
+    GIL ~70% of the time), and FastAPI's routing, dependency solving and exception layers were about
+    a fifth of that per request (py-spy, docs/runtime.md). Doing the one hot route here keeps the
+    same checks, messages and statuses (key, model, body limit, wire errors, service errors, generic
+    500) and leaves metadata, health, metrics and added routers to FastAPI. Sits inside
+    :class:`MetricsMiddleware`, so replies are counted as before.
+    """
+
+    def __init__(self, app: Any, service: AnalyzerService, check_key: KeyCheck, max_body_bytes: int) -> None:
+        self.app, self.service, self.check_key, self.limit = app, service, check_key, max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        match = _INFER_PATH.fullmatch(scope.get("path", "")) if scope["type"] == "http" else None
+        if match is None:
+            await self.app(scope, receive, send)
+            return
         try:
-            req = decode_request(body, request.headers)
+            if scope["method"] != "POST":
+                raise ServiceError(405, f"method {scope['method']} is not allowed on {scope['path']}",
+                                   {"Allow": "POST"})
+            status, (body, headers) = 200, await self._infer(match, Headers(scope=scope), receive)
+        except _Disconnected:
+            return
+        except ServiceError as exc:
+            status, body, headers = exc.status, encode_error(exc.message), {"content-type": JSON, **exc.headers}
+        except Exception:  # noqa: BLE001 - a generic 500; the detail goes to the log only
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            status, body, headers = 500, encode_error(INTERNAL_ERROR), {"content-type": JSON}
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-length", str(len(body)).encode()), *raw]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _infer(self, match: re.Match, headers: Headers, receive: Any) -> tuple[bytes, dict[str, str]]:
+        self.check_key(headers)
+        self.service.check_model(match["name"], match["version"])
+        body = await self._body(headers, receive)
+        try:
+            req = decode_request(body, headers)
         except WireError as exc:
             raise ServiceError(400, str(exc)) from None
         key = None if req.id is None else ("rest", req.id, hashlib.sha256(body).digest())
@@ -144,8 +169,29 @@ def _infer_route(router: APIRouter, service: AnalyzerService, check_key: KeyChec
             except WireError as exc:
                 raise ServiceError(400, str(exc)) from None
 
-        out, headers = await service.infer_encoded(req, key, encode)
-        return Response(out, headers=headers)
+        return await self.service.infer_encoded(req, key, encode)
+
+    async def _body(self, headers: Headers, receive: Any) -> bytes:
+        """The body, refused with 413 as soon as it (or its declared length) exceeds the limit."""
+        declared = headers.get("content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > self.limit:
+            raise ServiceError(413, f"request body of {int(declared)} bytes exceeds the limit of "
+                                    f"{self.limit} bytes; send fewer rows per request")
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk, more = message.get("body", b""), message.get("more_body", False)
+            size += len(chunk)
+            if size > self.limit:
+                raise ServiceError(413, f"request body exceeds the limit of {self.limit} bytes; "
+                                        "send fewer rows per request")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+_INFER_PATH = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
 
 
 def _endpoint(path: str) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 
 from privsplit.defenses.bundles import ServerBundle
 
-__all__ = ["serve_workers", "bind_socket"]
+__all__ = ["serve_workers", "bind_socket", "worker_pids"]
 
 log = logging.getLogger("privsplit.serve")
 
@@ -40,6 +40,20 @@ def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.soc
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     return sock
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    """The process ids of a running supervisor's workers (Linux ``/proc``; not multiprocessing's
+    resource tracker): for tests and load benchmarks that kill one and watch it being replaced."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == supervisor and b"spawn_main" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return sorted(found)
 
 
 def _worker(serve_one: Callable[..., None], bundle: ServerBundle | str | Path, options: dict[str, Any]) -> None:
