@@ -100,6 +100,8 @@ def build_point(name: str, knob: float, art: Any, p: Any, train: Any, inp: Any, 
             from privsplit.train.artifacts import load_model
             kwargs["tuned"] = load_model(siamese[0]).model
             args.reused = f"{name} reused the run's Siamese model {siamese[0].name} (not in its build s)"
+    if name in ("calibrated-noise", "robust-advanced") and args.dim:
+        kwargs["dim"] = args.dim
     if name == "calibrated-noise":
         kwargs["privacy"] = calibration_privacy(p, inp, args.attacks)
     return entry(art.model, **kwargs)
@@ -153,7 +155,7 @@ def build_table(rows: list[dict[str, Any]], args: Any) -> list[str]:
     for name in dict.fromkeys(r["defence"] for r in rows if r["build_s"] is not None):
         pts = [r for r in rows if r["defence"] == name]
         per = ", ".join(f"{r['build_s']:.0f} ({'' if r['knob'] is None else format(r['knob'], 'g')})" for r in pts)
-        out.append(f"| {name} | {per} | {BUILD_COVERS.get(name, '')} |")
+        out.append(f"| {name} | {per} | {BUILD_COVERS.get(name.split(' (')[0], '')} |")
     reused = getattr(args, "reused", None)
     return out + (["", reused] if reused else [])
 
@@ -190,6 +192,8 @@ def main() -> None:
     ap.add_argument("--train-limit", type=int, default=3000)
     ap.add_argument("--attacks", default="1-nn,likelihood")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dim", type=int, default=None,
+                    help="reduced dimension for robust-advanced / calibrated-noise (default: the paper's per layer)")
     ap.add_argument("--append", action="store_true",
                     help="keep OUT/pareto.json's rows (e.g. add one defence to an earlier sweep); skip the paper rows")
     ap.add_argument("--advanced-sigmas", default="0,0.25,0.5,1,2",
@@ -213,7 +217,8 @@ def main() -> None:
         for knob in DEFENCES.get(name).knobs:
             t = time.perf_counter()
             emb = build_point(name, knob, art, p, train, inp, args)
-            rows.append(measure(name, knob, emb, time.perf_counter() - t, art, p, inp, args))
+            label = f"{name} (dim {args.dim})" if args.dim and name in ("calibrated-noise", "robust-advanced") else name
+            rows.append(measure(label, knob, emb, time.perf_counter() - t, art, p, inp, args))
             print(fmt(rows[-1]), flush=True)
             write(rows, args)
 
