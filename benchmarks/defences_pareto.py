@@ -55,6 +55,7 @@ def worst_case(emb: Any, inp: Any, attacks: list[str], *, n_enrol: int = 15, tar
 
 
 def latency_ms(emb: Any, size: int) -> float:
+    emb.eval()  # a forward pass in training mode would rewrite the (shared) extractor's BatchNorm statistics
     x = torch.zeros(1, 3, size, size)
     times = []
     with torch.inference_mode():
@@ -194,6 +195,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dim", type=int, default=None,
                     help="reduced dimension for robust-advanced / calibrated-noise (default: the paper's per layer)")
+    ap.add_argument("--paper-only", action="store_true",
+                    help="(re)measure only the paper rows (simple, advanced over sigma) and keep OUT/pareto.json's others")
     ap.add_argument("--append", action="store_true",
                     help="keep OUT/pareto.json's rows (e.g. add one defence to an earlier sweep); skip the paper rows")
     ap.add_argument("--advanced-sigmas", default="0,0.25,0.5,1,2",
@@ -209,10 +212,17 @@ def main() -> None:
     args.n_train = len(train)
     names = DEFENCES.names() if args.defences == "all" else args.defences.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = json.loads((args.out / "pareto.json").read_text()) if args.append else []
-    for emb, label, knob in [] if args.append else paper_points(args):
-        rows.append(measure(label, knob, emb, None, art, p, inp, args))
-        print(fmt(rows[-1]), flush=True)
+    kept = json.loads((args.out / "pareto.json").read_text()) if args.append or args.paper_only else []
+    rows: list[dict[str, Any]] = [r for r in kept if not (args.paper_only and r["defence"].endswith("(paper)"))]
+    paper = [] if args.append else [measure(label, knob, emb, None, art, p, inp, args)
+                                    for emb, label, knob in paper_points(args)]
+    rows = paper + rows
+    for r in paper:
+        print(fmt(r), flush=True)
+    if paper:
+        write(rows, args)
+    if args.paper_only:
+        names = []
     for name in names:
         for knob in DEFENCES.get(name).knobs:
             t = time.perf_counter()

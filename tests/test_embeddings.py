@@ -115,3 +115,17 @@ def test_mismatched_pair_refused(model, tiny_faces, tmp_path):
                      classes=["F", "M"], primary="gender")
     with pytest.raises(BundleError, match="come from different embeddings"):
         check_pair(load_client_bundle(a[0]), load_server_bundle(b[1]))
+
+
+def test_with_noise_keeps_eval_mode_so_a_sweep_cannot_rewrite_shared_batchnorm(model, tiny_faces):
+    """A noise sweep shares the extractor: a copy in training mode would update its BatchNorm statistics."""
+    from privsplit.defenses.noise import GaussianNoise
+
+    emb = build_embedding("noisy-reduced-simple", model, layer="conv5_3", train=tiny_faces, column="gender", dim=4,
+                          sigma=0.5)
+    before = {k: v.clone() for k, v in emb.extractor.state_dict().items()}
+    other = emb.with_noise(GaussianNoise(sigma=1.0, scale="std", std=emb.noise.std))
+    assert not other.training and not other.extractor.training
+    with torch.no_grad():
+        other.client_features(torch.zeros(1, 3, 32, 32))
+    assert all(torch.equal(v, before[k]) for k, v in emb.extractor.state_dict().items())

@@ -88,10 +88,14 @@ class Embedding(nn.Module):
         return emb
 
     def with_noise(self, noise: nn.Module) -> Embedding:
-        """The same layers (shared, not copied) with another noise module: for noise sweeps."""
+        """The same layers (shared, not copied) with another noise module: for noise sweeps.
+
+        The copy keeps ``self``'s train/eval mode: a new module starts in training mode, and running a
+        shared extractor in training mode (even one forward pass) rewrites its BatchNorm statistics
+        for every embedding that shares it."""
         return Embedding.from_parts(kind=self.kind, layer=self.layer, extractor=self.extractor, analyzer=self.analyzer,
                                     reduce=self.reduce, reconstruct=self.reconstruct, noise=noise,
-                                    reduction_config=self.reduction_config)
+                                    reduction_config=self.reduction_config).train(self.training)
 
     def client_features(self, x: Tensor, *, noisy: bool = True) -> Tensor:
         """What leaves the device: extractor -> reduction -> (noise)."""

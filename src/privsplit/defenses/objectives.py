@@ -149,10 +149,10 @@ def noise_trained_analyzer(embedding: nn.Module, train: FaceData, *, column: str
                            config: FinetuneConfig = FinetuneConfig(epochs=5, lr=1e-3)) -> dict[str, float]:
     """Fine-tune ``embedding``'s analyzer (server side only) on noisy transmitted features, in place.
 
-    The paper does not retrain the analyzer after PCA and noise (Section III), so its accuracy falls fast
-    with sigma when the analyzer's layers were never shown noise (on the identity-bearing backbone:
-    94.3% at sigma 0, 75.5% at 0.25, 56.5% at 0.5). What leaves the device -- extractor, reduction and the
-    noise distribution -- is untouched, so every attack on the *transmitted* features sees the same data;
+    The paper does not retrain the analyzer after PCA and noise (Section III): its layers never saw
+    noise, so accuracy falls with sigma faster than the information left in the features requires
+    (measured in docs/defences.md). What leaves the device -- extractor, reduction and the noise
+    distribution -- is untouched, so every attack on the *transmitted* features sees the same data;
     only the server learns to read it. The clean reduced features of ``train`` are computed once (eval
     mode, no augmentation); each step adds fresh N(0, (sigma * std)^2) from a seeded generator (the
     deployed noise's distribution, not its random source) and minimises CE(analyze(z + noise), y).
