@@ -20,7 +20,6 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -37,17 +36,9 @@ def free_port() -> int:
 
 def wait_ready(url: str, model: str, proc: subprocess.Popen, timeout: float = 180) -> None:
     """Return once ``model`` is ready at ``url`` (OIP REST); fail if ``proc`` exits or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/v2/models/{model}/ready", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} not ready after {timeout} s")
+    from privsplit.runtime.client import wait_ready as client_wait_ready
+
+    client_wait_ready(url, model=model, timeout=timeout, alive=proc)
 
 
 def tree_cpu_seconds(pid: int) -> float:

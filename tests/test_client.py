@@ -22,7 +22,7 @@ from runtime_support import (
 
 from privsplit.data.transforms import decode_image
 from privsplit.defenses import load_server_bundle
-from privsplit.runtime.client import Client, ClientError, Prediction, ServerUnavailable, load_images
+from privsplit.runtime.client import Client, ClientError, Prediction, ServerUnavailable, load_images, wait_ready
 from privsplit.runtime.metrics import parse_prometheus
 from privsplit.runtime.server import ServerThread, create_app
 
@@ -235,20 +235,6 @@ def _cli(*args: str, env: dict[str, str] | None = None, **kw):
                           capture_output=True, text=True, env={**os.environ, **(env or {})}, **kw)
 
 
-def _wait_ready(url: str, timeout: float = 60) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"server at {url} not ready after {timeout} s")
-
-
 def test_cli_serve_and_infer_end_to_end(pair, tmp_path):
     """`privsplit serve` + `privsplit infer` on image files = the in-process pipeline (test-mode noise)."""
     images = face_images(5, seed=11)
@@ -264,7 +250,7 @@ def test_cli_serve_and_infer_end_to_end(pair, tmp_path):
                              "--port", str(port), "--api-key-file", str(keyfile), "--log-level", "warning"],
                             env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_ready(f"http://127.0.0.1:{port}")
+        wait_ready(f"http://127.0.0.1:{port}")
         url = f"http://127.0.0.1:{port}"
         out = _cli("infer", *paths, "--client-bundle", str(pair[0]), "--server", url, "--json",
                    "--test-noise-seed", str(SEED), env={**env, "PRIVSPLIT_API_KEY": "cli-key-0123456789"},

@@ -19,7 +19,7 @@ from privsplit.lazy import lazy_exports
 
 _EXPORTS = {
     "Client": "client", "ClientError": "client", "ServerUnavailable": "client", "Prediction": "client",
-    "load_images": "client",
+    "load_images": "client", "wait_ready": "client",
     "create_app": "server", "serve": "server", "ServerThread": "server",
     "AnalyzerService": "service", "ServiceError": "service", "load_api_keys": "auth", "KeyCheck": "auth",
     "GrpcServer": "grpc_server", "serve_workers": "workers",

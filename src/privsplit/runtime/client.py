@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Protocol, Union
 from urllib.parse import quote, urlsplit
 
 import numpy as np
@@ -42,7 +42,7 @@ from privsplit.runtime.wire import (
     encode_request,
 )
 
-__all__ = ["Client", "ClientError", "ServerUnavailable", "Prediction", "load_images", "ImageInput"]
+__all__ = ["Client", "ClientError", "ServerUnavailable", "Prediction", "load_images", "ImageInput", "wait_ready"]
 
 ImageInput = Union[str, Path, np.ndarray]
 
@@ -344,3 +344,36 @@ def _error_text(data: bytes) -> str:
     except WireError:
         text = data.decode("utf-8", "replace").strip()
         return text[:500] or "(empty body)"
+
+
+class _Process(Protocol):
+    """What :func:`wait_ready` needs of a server process (``subprocess.Popen`` has it)."""
+
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+
+def wait_ready(url: str, *, model: str | None = None, timeout: float = 60.0, alive: _Process | None = None) -> None:
+    """Return once the OIP server at ``url`` is ready (``model``'s ready route, else the server's).
+
+    For scripts and tests that start a server and must not send before it listens. ``alive`` (e.g. a
+    ``subprocess.Popen``) is polled: if it has exited, waiting stops at once.
+
+    Raises:
+        ServerUnavailable: not ready after ``timeout`` seconds, or ``alive`` exited (its code is given).
+    """
+    import urllib.request
+
+    route = f"{url}/v2/models/{quote(model)}/ready" if model else f"{url}/v2/health/ready"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if alive is not None and alive.poll() is not None:
+            raise ServerUnavailable(f"the server process exited with {alive.returncode} before {url} was ready")
+        try:
+            with urllib.request.urlopen(route, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise ServerUnavailable(f"{url} not ready after {timeout} s: is `privsplit serve` running there?")
