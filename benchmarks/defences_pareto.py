@@ -112,7 +112,7 @@ def measure(label: str, knob: Any, emb: Any, build_s: float | None, art: Any, p:
             ) -> dict[str, Any]:
     """One row; ``build_s`` None = the run's bundle, reused."""
     acc = evaluate(emb, p.test, column=art.primary).accuracy
-    w = worst_case(emb, inp, args.attacks)
+    w = worst_case(emb, inp, args.attacks, n_enrol=args.n_enrol)
     shape = emb.transmitted_shape(art.preprocess.size)
     n = 1
     for s in shape:
@@ -161,7 +161,7 @@ def build_table(rows: list[dict[str, Any]], args: Any) -> list[str]:
     return out + (["", reused] if reused else [])
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], path: Path, primary: str = "gender") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -177,7 +177,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.axvline(rows[0]["chance"], ls="-.", c="grey", lw=1, label="chance")
     ax.set_xscale("log")  # "send-image" sits an order of magnitude to the right of every split defence
     ax.set_xlabel("worst-case identity top-1 (fast audit, 95% CI; log scale)")
-    ax.set_ylabel("gender accuracy (held-out people)")
+    ax.set_ylabel(f"{primary} accuracy (held-out people)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -193,6 +193,8 @@ def main() -> None:
     ap.add_argument("--train-limit", type=int, default=3000)
     ap.add_argument("--attacks", default="1-nn,likelihood")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--n-enrol", type=int, default=15,
+                    help="enrolment photos per target (CK+: 5, it has few sequences per subject)")
     ap.add_argument("--dim", type=int, default=None,
                     help="reduced dimension for robust-advanced / calibrated-noise (default: the paper's per layer)")
     ap.add_argument("--paper-only", action="store_true",
@@ -206,6 +208,7 @@ def main() -> None:
     args.attacks = args.attacks.split(",")
     torch.set_num_threads(args.threads)
     art, p = load_run(args.run)
+    args.primary = art.primary
     inp = run_inputs(args.run)
     g = torch.Generator().manual_seed(0)
     train = p.train.subset(torch.randperm(len(p.train), generator=g)[: args.train_limit])
@@ -238,16 +241,17 @@ def write(rows: list[dict[str, Any]], args: Any) -> None:
     earlier = [line for line in md.read_text().splitlines() if line.startswith("Command")] \
         if args.append and md.exists() else []
     command = f"Command: `python {' '.join(sys.argv)}`"
-    head = ["# Defences: gender vs worst-case identity (Pareto sweep)", "",
+    head = [f"# Defences: {args.primary} vs worst-case identity (Pareto sweep)", "",
             *[line for c in earlier + ([] if command in earlier else [command]) for line in (c, "")],
             f"Backbone: {args.run} (layer {args.layer}); fine-tuning {args.epochs} epoch(s) on <= {args.train_limit} "
-            f"training images; audit: attacks {args.attacks}, 1 seed, fast profile restricted to them. "
+            f"training images; audit: attacks {args.attacks}, 1 seed, fast profile restricted to them, "
+            f"{args.n_enrol} enrolment photos per target. "
             f"Floor {rows[0]['floor']:.1%}, chance {rows[0]['chance']:.1%}.", "",
-            "| defence | knob | gender | worst-case top-1 [95% CI] (attack) | x floor | bytes/image | device ms | build s |",
+            f"| defence | knob | {args.primary} | worst-case top-1 [95% CI] (attack) | x floor | bytes/image | device ms | build s |",
             "|---|---|---|---|---|---|---|---|"]
     (args.out / "pareto.md").write_text("\n".join(head + [fmt(r) for r in rows] + build_table(rows, args)) + "\n")
     (args.out / "pareto.json").write_text(json.dumps(rows, indent=1, default=str))  # build_s: null = reused bundle
-    plot(rows, args.out / "pareto.png")
+    plot(rows, args.out / "pareto.png", args.primary)
 
 
 if __name__ == "__main__":
