@@ -30,6 +30,7 @@ tradeoff_transfer = false
 recon_epochs = 1
 recon_sigma = 0.5
 cost_models = []  # the cost stage has its own tests (tests/test_cost.py); it needs fresh processes
+defences = ["robust-advanced:0.5:1", "gaussian-split:1"]
 seed = 0
 """
 
@@ -66,6 +67,11 @@ def test_report_has_every_section(runs):
     rows = json.loads((root / "full" / "figures" / "embeddings.json").read_text())
     assert [r["embedding"] for r in rows] == ["simple", "reduced-simple", "siamese", "reduced-siamese"]
     assert (root / "full" / "figures" / "tradeoff.csv").read_text().startswith("embedding,layer,sigma")
+    assert "Defences beside the baselines" in text and "robust-advanced (dim 1)" in text
+    points = json.loads((root / "full" / "figures" / "defences.json").read_text())
+    assert [(r["defence"], r["knob"], r["dim"]) for r in points] == [("robust-advanced", 0.5, 1),
+                                                                     ("gaussian-split", 1.0, None)]
+    assert all(0 <= r["worst_top1"] <= 1 and r["worst_top1_ci95"][0] <= r["worst_top1"] for r in points)
 
 
 def test_resume_skips_finished_stages_and_reproduces(runs):

@@ -386,7 +386,8 @@ def test_freeze_startup_objects_takes_them_out_of_full_collections():
         cycle: list = []
         cycle.append(cycle)  # garbage made after the freeze is still collected
         del cycle
-        assert gc.collect() >= 1 and gc.get_freeze_count() == frozen
+        # a collection does not thaw them; frozen objects freed by refcount (other tests' threads) may leave
+        assert gc.collect() >= 1 and 0.99 * frozen <= gc.get_freeze_count() <= frozen
     finally:
         gc.unfreeze()
     assert gc.get_freeze_count() == 0

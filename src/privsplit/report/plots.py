@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["plot_attack_bars", "plot_tradeoff", "plot_audit"]
+__all__ = ["plot_attack_bars", "plot_tradeoff", "plot_audit", "plot_defences"]
 
 
 def _save(fig: Any, ax: Any, path: str | Path, title: str) -> Path:
@@ -79,3 +79,22 @@ def plot_audit(rows: dict[str, Any], path: str | Path) -> Path:
                   rotation=20, ha="right")
     ax.set_ylabel("identity top-1 (%), 95% CI")
     return _save(fig, ax, path, rows.get("title", "Identity attacks"))
+
+
+def plot_defences(rows: Sequence[dict[str, Any]], path: str | Path, *, unprotected: float,
+                  primary: str = "gender") -> Path:
+    """Primary accuracy vs the audit's worst-case identity top-1 (95% CI) per defence point, with the
+    floor, 1.25x the floor and the unprotected model's accuracy marked (docs/defences.md's figure)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        lo, hi = r["worst_top1_ci95"]
+        label = f"{r['defence']} {r['knob']:g}" + (f" (dim {r['dim']})" if r.get("dim") else "")
+        ax.errorbar([r["worst_top1"] * 100], [r["accuracy"] * 100], xerr=[[(r["worst_top1"] - lo) * 100],
+                    [(hi - r["worst_top1"]) * 100]], marker="o", capsize=2, label=label)
+    floor = rows[0]["audit_floor_top1"] * 100
+    ax.axvline(floor, color="k", ls="--", lw=1, label=f"floor ({floor:.1f}%)")
+    ax.axvline(1.25 * floor, color="g", ls=":", lw=1, label="goal: 1.25x floor")
+    ax.axhline(unprotected * 100, color="gray", ls="-.", lw=1, label=f"unprotected ({unprotected:.1%})")
+    ax.set_xlabel("worst-case identity top-1 (%)")
+    ax.set_ylabel(f"{primary} accuracy (%)")
+    return _save(fig, ax, path, f"Defences: {primary} vs worst-case identity")

@@ -122,6 +122,19 @@ def _reconstruction(doc: Document, ctx: Context) -> None:
              "verdict on the reconstructions.")
 
 
+def _defences(doc: Document, ctx: Context) -> None:
+    rows = ctx.results["defences"]
+    if not rows:
+        return
+    doc.heading("Defences beside the baselines (docs/defences.md)")
+    doc.table(["defence", "knob", "layer", ctx.run()[0].primary, "worst-case identity top-1 [95% CI]", "x floor"],
+              [[r["defence"] + (f" (dim {r['dim']})" if r.get("dim") else ""), f"{r['knob']:g}", r["layer"],
+                _pct(r["accuracy"]), _worst(r), f"{r['worst_times_floor']:.2f}"] for r in rows])
+    doc.figure(ctx.figure("fig_defences.png"), "Primary accuracy vs worst-case identity per defence")
+    doc.para(_audit_note(rows[0]) + " robust-advanced is the paper's advanced embedding whose analyzer alone is "
+             "trained on noisy features (the device side, so what an attacker receives, is unchanged).")
+
+
 def _cost(doc: Document, ctx: Context) -> None:
     res = ctx.results["cost"]
     if "skipped" in res:
@@ -167,4 +180,4 @@ def render_report(ctx: Context) -> tuple[Path, Path]:
 
 
 #: sections contributed by optional stages (reconstruction, cost), keyed by stage name
-EXTRA_SECTIONS: dict[str, Any] = {"reconstruction": _reconstruction, "cost": _cost}
+EXTRA_SECTIONS: dict[str, Any] = {"reconstruction": _reconstruction, "cost": _cost, "defences": _defences}

@@ -119,6 +119,46 @@ def _tradeoff(ctx: Context) -> list[dict[str, Any]]:
     return rows
 
 
+def _defence_point(spec: str) -> tuple[str, float, dict[str, Any]]:
+    """``"NAME:KNOB[:DIM]"`` -> (name, knob, options); DIM only for robust-advanced / calibrated-noise."""
+    name, knob, *dim = spec.split(":")
+    return name, float(knob), ({"dim": int(dim[0])} if dim else {})
+
+
+def _defences(ctx: Context) -> list[dict[str, Any]]:
+    """Privsplit's defences beside the baselines of the zoo (docs/defences.md): each ``defences`` entry
+    ("NAME:KNOB[:DIM]") built on the run's training split and audited like every embedding."""
+    from privsplit.audit import audit_row
+    from privsplit.defenses.build import cached_siamese
+    from privsplit.defenses.objectives import FinetuneConfig
+    from privsplit.defenses.zoo import DEFENCES
+    from privsplit.report.plots import plot_defences
+    from privsplit.train.loops import evaluate
+
+    c = ctx.cfg
+    audit = _audit_options(ctx)
+    if not c.get("defences") or audit is None:
+        return []
+    art, p = ctx.run()
+    layer = c["layers"][-1]
+    tuned = cached_siamese(ctx.run_dir, art, p.train, layer=layer, cfg=_siamese_cfg(c))
+    rows = []
+    for spec in c["defences"]:
+        name, knob, opts = _defence_point(spec)
+        if name == "robust-advanced":
+            opts["tuned"] = tuned
+        elif name not in ("gaussian-split", "send-image"):
+            opts["config"] = FinetuneConfig(epochs=c.get("defence_epochs", 1), seed=c["seed"])
+        emb = DEFENCES.get(name)(art.model, layer=layer, train=p.train, column=art.primary, knob=knob, **opts)
+        rows.append({"defence": name, "knob": knob, "dim": opts.get("dim"), "layer": layer,
+                     "accuracy": evaluate(emb, p.test, column=art.primary).accuracy,
+                     **audit_row(emb, ctx.attack_data().all, primary=art.primary, **audit)})
+    write_rows(ctx.figure("defences"), rows)
+    plot_defences(rows, ctx.figure("fig_defences.png"), unprotected=ctx.results["train"]["test"]["accuracy"],
+                  primary=art.primary)
+    return rows
+
+
 def _reconstruction(ctx: Context) -> list[dict[str, Any]]:
     from privsplit.attacks.reconstruction import ReconConfig, ReconstructionAttack, save_reconstruction_grid
     from privsplit.defenses.build import build_embedding, cached_siamese
@@ -194,5 +234,8 @@ STAGES: list[Stage] = [
           ("layers", "siamese_epochs", "recon_epochs", "recon_sigma", "seed")),
     Stage("cost", _cost, lambda c: 2 + 10 * sum(":224" in m for m in c.get("cost_models", [])),
           ("cost_models", "cost_runs", "arch", "layers", "seed")),
+    Stage("defences", _defences, lambda c: len(c.get("defences", [])) * 2,
+          ("layers", "defences", "defence_epochs", "siamese_epochs", "seed", "audit_profile", "audit_seeds",
+           "audit_options", "audit_attacks", "per_identity", "n_train", "attack_group")),
     Stage("report", _report, lambda c: 0.1),
 ]
