@@ -382,12 +382,12 @@ def test_freeze_startup_objects_takes_them_out_of_full_collections():
 
     try:
         frozen = freeze_startup_objects()
-        assert frozen == gc.get_freeze_count() > 10_000  # torch, FastAPI, the test's bundles
+        # frozen objects that other tests' threads free by refcount leave the count, so compare within 1%
+        assert frozen > 10_000 and 0.99 * frozen <= gc.get_freeze_count() <= frozen  # torch, FastAPI, bundles
         cycle: list = []
         cycle.append(cycle)  # garbage made after the freeze is still collected
         del cycle
-        # a collection does not thaw them; frozen objects freed by refcount (other tests' threads) may leave
-        assert gc.collect() >= 1 and 0.99 * frozen <= gc.get_freeze_count() <= frozen
+        assert gc.collect() >= 1 and 0.99 * frozen <= gc.get_freeze_count() <= frozen  # a collection does not thaw
     finally:
         gc.unfreeze()
     assert gc.get_freeze_count() == 0
