@@ -55,7 +55,10 @@ def _primary(doc: Document, ctx: Context, label: str) -> None:
     c = ctx.cfg
     paper = {"lfw": "The paper's VGG-16 gender model reached 94% on LFW.",
              "ckplus": "The paper's VGG-S emotion model reached 40% on SFEW-2 (a harder, in-the-wild dataset)."}
-    doc.para(f"{c['arch']} at width {c['width']} and {c['size']} px, trained {c['epochs']} epochs "
+    how = (f"trained {c['epochs']} epochs" if c.get("backbone", "scratch") == "scratch" else
+           f"fine-tuned {c.get('finetune_epochs', 1)} epochs from the dlib-distilled identity backbone (layers up to "
+           f"{c.get('finetune_freeze') or 'none'} frozen; docs/backbone.md)")
+    doc.para(f"{c['arch']} at width {c['width']} and {c['size']} px, {how} "
              f"({tr['train_seconds'] / 60:.1f} min) on {label}. {paper.get(c['dataset'], '')}".strip())
 
 
@@ -166,8 +169,9 @@ def render_report(ctx: Context) -> tuple[Path, Path]:
     label = art.manifest["dataset"]["label"]
     doc = Document(f"privsplit reproduction on {label}{' (quick)' if ctx.cfg['quick'] else ''}")
     config = f" --config {ctx.config_path}" if ctx.config_path else ""
+    backbone = "" if ctx.cfg.get("backbone", "scratch") == "scratch" else f" --backbone {ctx.cfg['backbone']}"
     doc.para(f"Command: `privsplit reproduce --dataset {ctx.cfg['dataset']} --out {ctx.out}"
-             f"{' --quick' if ctx.cfg['quick'] else ''}{config}`. Every figure's data is in figures/*.json and *.csv.")
+             f"{' --quick' if ctx.cfg['quick'] else ''}{backbone}{config}`. Every figure's data is in figures/*.json and *.csv.")
     _primary(doc, ctx, label)
     if "embeddings" in ctx.results:
         _embeddings(doc, ctx)
