@@ -92,17 +92,14 @@ BUILD_COVERS = {
 
 def build_point(name: str, knob: float, art: Any, p: Any, train: Any, inp: Any, args: Any) -> Any:
     entry = DEFENCES.get(name)
-    kwargs: dict[str, Any] = {"layer": args.layer, "train": train, "column": art.primary, "knob": knob}
-    if name in ("nopeek", "adversarial", "siamese-adversarial", "learned-noise", "blur", "pixelate"):
-        kwargs["config"] = FinetuneConfig(epochs=args.epochs)
-    if name in ("calibrated-noise", "robust-advanced"):
-        siamese = sorted(Path(args.run).glob(f"siamese-{args.layer}-*"))
-        if siamese:
-            from privsplit.train.artifacts import load_model
-            kwargs["tuned"] = load_model(siamese[0]).model
-            args.reused = f"{name} reused the run's Siamese model {siamese[0].name} (not in its build s)"
-    if name in ("calibrated-noise", "robust-advanced") and args.dim:
-        kwargs["dim"] = args.dim
+    tuned = None
+    siamese = sorted(Path(args.run).glob(f"siamese-{args.layer}-*"))
+    if siamese and entry.takes("tuned"):
+        from privsplit.train.artifacts import load_model
+        tuned = load_model(siamese[0]).model
+        args.reused = f"{name} reused the run's Siamese model {siamese[0].name} (not in its build s)"
+    kwargs: dict[str, Any] = {"layer": args.layer, "train": train, "column": art.primary, "knob": knob,
+                              **entry.options(config=FinetuneConfig(epochs=args.epochs), tuned=tuned, dim=args.dim)}
     if name == "calibrated-noise":
         kwargs["privacy"] = calibration_privacy(p, inp, args.attacks)
     return entry(art.model, **kwargs)
@@ -230,7 +227,7 @@ def main() -> None:
         for knob in DEFENCES.get(name).knobs:
             t = time.perf_counter()
             emb = build_point(name, knob, art, p, train, inp, args)
-            label = f"{name} (dim {args.dim})" if args.dim and name in ("calibrated-noise", "robust-advanced") else name
+            label = f"{name} (dim {args.dim})" if args.dim and DEFENCES.get(name).takes("dim") else name
             rows.append(measure(label, knob, emb, time.perf_counter() - t, art, p, inp, args))
             print(fmt(rows[-1]), flush=True)
             write(rows, args)

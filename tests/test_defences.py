@@ -241,7 +241,7 @@ def test_robust_advanced_trains_only_the_server_and_recovers_noisy_accuracy(setu
     plain = build_embedding("advanced", model, layer=LAYER, train=faces, column="gender", dim=4, sigma=2.0, tuned=model,
                             progress=False)
     robust = build_defence("robust-advanced", model, layer=LAYER, train=faces, column="gender", knob=2.0, dim=4,
-                           tuned=model, config=FinetuneConfig(epochs=20, lr=3e-3, batch_size=16))
+                           tuned=model, analyzer_config=FinetuneConfig(epochs=20, lr=3e-3, batch_size=16))
     assert robust.kind == "robust-advanced"
     assert torch.equal(_features(plain, faces, noisy=False), _features(robust, faces, noisy=False))
     assert torch.equal(plain.noise.std, robust.noise.std) and robust.noise.sigma == plain.noise.sigma == 2.0

@@ -170,9 +170,8 @@ def _defence(name: str, knob: float | None, art, p, layer: str, *, tuned=None, d
     entry = DEFENCES.get(name)
     if name in ("calibrated-noise", "send-image"):
         raise ValueError(f"--defence {name} is not a demo defence; use benchmarks/defences_pareto.py")
-    kwargs = {} if name == "gaussian-split" else {"config": FinetuneConfig(epochs=1)}
+    kwargs = entry.options(config=FinetuneConfig(epochs=1), tuned=tuned, dim=dim)
     if name == "robust-advanced":
-        kwargs = {"tuned": tuned, "dim": dim}
         knob = 0.5 if knob is None else knob
     value = entry.knobs[len(entry.knobs) // 2] if knob is None else knob
     console.print(f"building {name} ({entry.knob} = {value}; {entry.paper})")

@@ -44,14 +44,16 @@ def embed(
     art, p = load_run(run, data_root=data_root)
     cfg = SiameseConfig(weight=siamese_weight, margin=margin, trainable=trainable,
                         train=TrainConfig(epochs=siamese_epochs, lr=5e-4, warmup_fraction=0.0))
-    # robust-advanced starts from the paper's advanced: the same cached Siamese model
-    siamese = kind == "robust-advanced" or (kind in EMBEDDINGS and EMBEDDINGS[kind].siamese and kind not in DEFENCES)
+    built_here = kind in DEFENCES and kind not in ("calibrated-noise", "send-image")
+    # the paper's Siamese kinds, and zoo defences built on it (robust-advanced), share the cached Siamese model
+    siamese = DEFENCES.get(kind).takes("tuned") if built_here else \
+        kind in EMBEDDINGS and EMBEDDINGS[kind].siamese and kind not in DEFENCES
     tuned = cached_siamese(run, art, p.train, layer=layer, cfg=cfg) if siamese else None
-    if kind in DEFENCES and kind not in ("calibrated-noise", "send-image"):
+    if built_here:
         entry = DEFENCES.get(kind)
         value = entry.knobs[len(entry.knobs) // 2] if knob is None else knob
-        extra = {"tuned": tuned, "dim": dim, "noise_mode": noise_mode} if kind == "robust-advanced" else {}
-        emb = entry(art.model, layer=layer, train=p.train, column=art.primary, knob=value, **extra)
+        emb = entry(art.model, layer=layer, train=p.train, column=art.primary, knob=value,
+                    **entry.options(tuned=tuned, dim=dim, noise_mode=noise_mode))
         console.print(f"{kind}: {entry.knob} = {value} ({entry.paper})")
     elif kind in ("calibrated-noise", "send-image"):
         raise typer.BadParameter(f"'{kind}' is built by benchmarks/defences_pareto.py (it needs the audit / has no "

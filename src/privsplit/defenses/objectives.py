@@ -160,9 +160,10 @@ def noise_trained_analyzer(embedding: nn.Module, train: FaceData, *, column: str
     """
     noise = embedding.noise
     scale = noise.sigma * (noise.std if noise.std is not None else torch.ones(()))
-    with torch.no_grad():
-        z_all = torch.cat([embedding.client_features(train.inputs(torch.arange(s, min(len(train), s + 256))), noisy=False)
-                           for s in range(0, len(train), 256)])
+    from privsplit.defenses.build import extract_features
+
+    with torch.no_grad():  # what client_features(noisy=False) gives, in batches
+        z_all = embedding.reduce(extract_features(embedding.extractor, train))
     # the analyzer only: the reconstruction may share the device's PCA basis, which must not move
     opt = torch.optim.Adam(embedding.analyzer.parameters(), lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)

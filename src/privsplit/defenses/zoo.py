@@ -23,6 +23,7 @@ Times: each trained entry costs about one epoch of the primary model per ``epoch
 from __future__ import annotations
 
 import copy
+import inspect
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,6 +58,15 @@ class Defence:
 
     def __call__(self, model: nn.Sequential, **kwargs: Any) -> Embedding:
         return self.build(model, **kwargs)
+
+    def takes(self, option: str) -> bool:
+        """Whether the builder accepts keyword ``option`` (``config``: the model's fine-tuning budget,
+        ``tuned``: a Siamese model to reuse, ``dim``, ``noise_mode``, ...): callers offer what they have."""
+        return option in inspect.signature(self.build).parameters
+
+    def options(self, **offered: Any) -> dict[str, Any]:
+        """The subset of ``offered`` (None values dropped) that this defence's builder accepts."""
+        return {k: v for k, v in offered.items() if v is not None and self.takes(k)}
 
 
 DEFENCES: Registry[Defence] = Registry("defence", help_ref="help(privsplit.defenses.zoo)")
@@ -127,11 +137,10 @@ def siamese_adversarial(model: nn.Sequential, *, layer: str, train: FaceData, co
                         siamese=siamese, config=config)
 
 
-@torch.no_grad()
-def _split_features(model: nn.Sequential, layer: str, data: FaceData, batch: int = 256) -> Tensor:
-    extractor, _ = split(model.eval(), at=layer)
-    return torch.cat([extractor(data.inputs(torch.arange(s, min(len(data), s + batch))))
-                      for s in range(0, len(data), batch)])
+def _split_features(model: nn.Sequential, layer: str, data: FaceData) -> Tensor:
+    from privsplit.defenses.build import extract_features
+
+    return extract_features(split(model, at=layer)[0], data)
 
 
 @_entry("gaussian-split", "sigma", (0.25, 0.5, 1.0, 2.0), "Titcombe et al., 'Practical defences against model "
@@ -226,7 +235,7 @@ def calibrated_noise(model: nn.Sequential, *, layer: str, train: FaceData, colum
         "noise-aware training of the analyzer only")
 def robust_advanced(model: nn.Sequential, *, layer: str, train: FaceData, column: str, knob: float,
                     dim: int | None = None, tuned: nn.Sequential | None = None, noise_mode: str = "fresh",
-                    config: FinetuneConfig = FinetuneConfig(epochs=5, lr=1e-3)) -> Embedding:
+                    analyzer_config: FinetuneConfig = FinetuneConfig(epochs=5, lr=1e-3)) -> Embedding:
     """The paper's ``advanced`` embedding at sigma ``knob`` whose analyzer is then trained on noisy features
     (:func:`~privsplit.defenses.objectives.noise_trained_analyzer`). The device side -- and so what any
     attacker receives -- equals ``advanced`` at the same sigma; only the server's accuracy changes.
@@ -235,6 +244,6 @@ def robust_advanced(model: nn.Sequential, *, layer: str, train: FaceData, column
 
     emb = build_embedding("advanced", model, layer=layer, train=train, column=column, dim=dim, sigma=knob,
                           tuned=tuned, noise_mode=noise_mode, progress=False)
-    emb.analyzer_training = noise_trained_analyzer(emb, train, column=column, config=config)  # type: ignore[assignment]
+    emb.analyzer_training = noise_trained_analyzer(emb, train, column=column, config=analyzer_config)  # type: ignore[assignment]
     emb.kind = "robust-advanced"
     return emb

@@ -145,11 +145,9 @@ def _defences(ctx: Context) -> list[dict[str, Any]]:
     rows = []
     for spec in c["defences"]:
         name, knob, opts = _defence_point(spec)
-        if name == "robust-advanced":
-            opts["tuned"] = tuned
-        elif name not in ("gaussian-split", "send-image"):
-            opts["config"] = FinetuneConfig(epochs=c.get("defence_epochs", 1), seed=c["seed"])
-        emb = DEFENCES.get(name)(art.model, layer=layer, train=p.train, column=art.primary, knob=knob, **opts)
+        entry = DEFENCES.get(name)
+        opts |= entry.options(tuned=tuned, config=FinetuneConfig(epochs=c.get("defence_epochs", 1), seed=c["seed"]))
+        emb = entry(art.model, layer=layer, train=p.train, column=art.primary, knob=knob, **opts)
         rows.append({"defence": name, "knob": knob, "dim": opts.get("dim"), "layer": layer,
                      "accuracy": evaluate(emb, p.test, column=art.primary).accuracy,
                      **audit_row(emb, ctx.attack_data().all, primary=art.primary, **audit)})
