@@ -212,11 +212,12 @@ def server_commands(args, server_dir: Path) -> list[tuple]:
         ports = {"rest": free_port(), "grpc": free_port()}
         for name, extra in [("httptools + uvloop", ["--http", "httptools", "--loop", "uvloop"]),
                             *([("h11 + asyncio", ["--http", "h11", "--loop", "asyncio"])] if args.h11 else [])]:
-            specs.append((f"privsplit serve --workers {workers} ({name})",
+            gw = ["--grpc-workers", str(args.grpc_workers)] if args.grpc_workers else []
+            specs.append((f"privsplit serve --workers {workers}{' ' + ' '.join(gw) if gw else ''} ({name})",
                           [sys.executable, "-c", "from privsplit.cli import main; main()", "serve", str(server_dir),
                            "--port", str(ports["rest"]), "--grpc-port", str(ports["grpc"]), "--workers", str(workers),
                            "--log-level", "warning", "--threads", "1", "--max-delay-ms", str(args.max_delay_ms),
-                           *extra], ports, True))
+                           *gw, *extra], ports, True))
     if args.triton_python:
         ports = [free_port() for _ in range(3)]
         specs.append(("Triton (PyTriton), max-delay 2 ms",
@@ -353,6 +354,7 @@ def main() -> None:
     parser.add_argument("--raw-seconds", type=float, default=3.0)
     parser.add_argument("--levels", default="1,16,64")
     parser.add_argument("--workers", default="1,2", help="privsplit serve --workers values to measure")
+    parser.add_argument("--grpc-workers", type=int, default=0, help="privsplit serve --grpc-workers (0: all workers)")
     parser.add_argument("--load-procs", type=int, default=4, help="load-generator processes")
     parser.add_argument("--h11", action="store_true", help="also measure uvicorn with h11 + asyncio")
     parser.add_argument("--max-delay-ms", type=float, default=2.0)

@@ -39,6 +39,9 @@ def serve(
                                                                "(needs the grpc extra)."),
     workers: int = typer.Option(0, min=0, help="Server processes sharing the ports (SO_REUSEPORT), each with "
                                                "its own batcher and one torch thread; 0 = number of cores."),
+    grpc_workers: int = typer.Option(0, min=0, help="How many of the workers also serve gRPC (0 = all). gRPC's "
+                                                    "C core uses threads of its own, so on small machines fewer "
+                                                    "gRPC workers cut the tail (docs/runtime.md)."),
     api_key_file: Path = typer.Option(None, help="File with one accepted API key per line (also: "
                                                  "$PRIVSPLIT_API_KEYS, comma-separated)."),
     max_batch: int = typer.Option(32, min=1, help="Most rows merged into one analyzer call."),
@@ -65,6 +68,10 @@ def serve(
 ) -> None:
     """Serve the analyzer: /v2 health, metadata, infer (JSON or binary tensors), /metrics; gRPC beside it; --ui adds a web page."""
     workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if grpc_workers and grpc_port is None:
+        raise ValueError("--grpc-workers needs --grpc-port")
+    if grpc_workers > workers:
+        raise ValueError(f"--grpc-workers ({grpc_workers}) cannot exceed --workers ({workers})")
     if grpc_port is not None and grpc_port == port and port != 0:
         raise ValueError(f"--grpc-port must differ from --port (both {port})")
     load_api_keys, run_server = _server_functions(grpc=grpc_port is not None)
@@ -80,7 +87,7 @@ def serve(
                host=host, port=port, api_keys=keys, max_batch=max_batch, max_delay_ms=max_delay_ms,
                max_body_bytes=max_body_bytes, ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile,
                log_level=log_level, access_log=access_log, torch_threads=threads or None, http=http, loop=loop,
-               grpc_port=grpc_port, workers=workers, configure=configure)
+               grpc_port=grpc_port, workers=workers, grpc_workers=grpc_workers or None, configure=configure)
 
 
 def _server_functions(*, grpc: bool) -> tuple[Any, Any]:

@@ -103,13 +103,14 @@ def serve(bundle: ServerBundle | str | Path, *, host: str = "127.0.0.1", port: i
           max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, ssl_keyfile: str | None = None,
           ssl_certfile: str | None = None, log_level: str = "info", access_log: bool = False,
           torch_threads: int | None = None, http: str = "auto", loop: str = "auto",
-          grpc_port: int | None = None, workers: int = 1, metrics_dir: str | Path | None = None,
+          grpc_port: int | None = None, workers: int = 1, grpc_workers: int | None = None,
+          metrics_dir: str | Path | None = None,
           reuse_port: bool = False, configure: Callable[[FastAPI], object] | None = None) -> None:
     """Serve ``bundle`` until interrupted (``privsplit serve`` calls this): REST on ``port`` and, with
     ``grpc_port``, gRPC beside it, both calling one :class:`AnalyzerService`.
 
     ``workers > 1`` hands over to :func:`privsplit.runtime.workers.serve_workers` (N processes on
-    the same ports). ``http``/``loop`` are uvicorn's: ``auto`` takes httptools and uvloop when
+    the same ports; gRPC on the first ``grpc_workers`` of them, default all). ``http``/``loop`` are uvicorn's: ``auto`` takes httptools and uvloop when
     installed (faster), else h11 and asyncio. ``metrics_dir`` and ``reuse_port`` are set by the
     worker supervisor. ``configure(app)`` runs on each process's app before it serves (e.g. the
     browser page's :func:`privsplit.runtime.ui.mount_ui`); with workers it must pickle (a
@@ -125,7 +126,7 @@ def serve(bundle: ServerBundle | str | Path, *, host: str = "127.0.0.1", port: i
                    log_level=log_level, access_log=access_log, torch_threads=torch_threads, http=http, loop=loop,
                    grpc_port=grpc_port, configure=configure)
     if workers > 1:
-        serve_workers(bundle, serve_one=serve, workers=workers, **options)
+        serve_workers(bundle, serve_one=serve, workers=workers, grpc_workers=grpc_workers, **options)
         return
     if torch_threads:
         torch.set_num_threads(torch_threads)

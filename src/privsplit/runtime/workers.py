@@ -9,6 +9,13 @@ there is no accept lock and no proxy hop. A worker that dies is replaced (starte
 in-flight requests fail with a connection error, which :class:`~privsplit.runtime.client.Client`
 retries on the next connection (another worker). ``/metrics`` sums all workers (see
 :mod:`privsplit.runtime.metrics`).
+
+gRPC may listen on fewer workers than REST (``grpc_workers``): a gRPC process is not bound by its GIL
+the way a REST one is -- gRPC's C core moves bytes, frames HTTP/2 and polls on threads of its own -- so
+one gRPC process keeps about two cores busy. On the 2-core benchmark machine, gRPC on both workers
+oversubscribed the cores and doubled the p99 at concurrency 64 (134-188 ms) against one gRPC worker
+(73-103 ms) at the same throughput (docs/runtime.md). The default stays "every worker", which keeps
+gRPC up when a worker dies; with one gRPC worker, gRPC is refused until that worker is replaced.
 """
 from __future__ import annotations
 
@@ -25,7 +32,7 @@ from typing import Any
 
 from privsplit.defenses.bundles import ServerBundle
 
-__all__ = ["serve_workers", "bind_socket", "worker_pids"]
+__all__ = ["serve_workers", "bind_socket", "worker_pids", "grpc_worker_count"]
 
 log = logging.getLogger("privsplit.serve")
 
@@ -61,16 +68,29 @@ def _worker(serve_one: Callable[..., None], bundle: ServerBundle | str | Path, o
     serve_one(bundle, workers=1, reuse_port=True, **options)
 
 
+def grpc_worker_count(workers: int, grpc_workers: int | None) -> int:
+    """How many of ``workers`` serve gRPC: ``grpc_workers``, or all of them when None (checked)."""
+    if grpc_workers is None:
+        return workers
+    if isinstance(grpc_workers, bool) or not isinstance(grpc_workers, int) or not 1 <= grpc_workers <= workers:
+        raise ValueError(f"grpc_workers must be an integer from 1 to workers ({workers}), got {grpc_workers!r}; "
+                         "leave it unset for gRPC on every worker")
+    return grpc_workers
+
+
 def serve_workers(bundle: ServerBundle | str | Path, *, serve_one: Callable[..., None], workers: int, host: str, port: int,
-                  grpc_port: int | None = None, torch_threads: int | None = None, **options: Any) -> None:
+                  grpc_port: int | None = None, grpc_workers: int | None = None, torch_threads: int | None = None,
+                  **options: Any) -> None:
     """Run ``workers`` processes of :func:`~privsplit.runtime.server.serve` until SIGINT/SIGTERM.
 
     The ports are reserved first by bound, non-listening SO_REUSEPORT sockets (so ``port=0`` means
     one port for all, and nobody else takes it between restarts); connections only ever go to the
-    workers' listening sockets.
+    workers' listening sockets. Workers ``0 .. grpc_workers - 1`` also serve gRPC (default: all; see
+    the module docstring for when fewer is faster); a replaced worker keeps its index and so its role.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    grpc_workers = grpc_worker_count(workers, grpc_workers)
     holders = [bind_socket(host, port, reuse_port=True)]
     port = holders[0].getsockname()[1]
     if grpc_port is not None:
@@ -83,10 +103,12 @@ def serve_workers(bundle: ServerBundle | str | Path, *, serve_one: Callable[...,
     stopping = []
 
     def start(index: int) -> Any:
-        proc = ctx.Process(target=_worker, args=(serve_one, bundle, child), name=f"privsplit-worker-{index}", daemon=False)
+        grpc = grpc_port if index < grpc_workers else None
+        proc = ctx.Process(target=_worker, args=(serve_one, bundle, dict(child, grpc_port=grpc)),
+                           name=f"privsplit-worker-{index}", daemon=False)
         proc.start()
         log.warning("worker %d started (pid %d) on %s:%d%s", index, proc.pid, host, port,
-                    f", gRPC {grpc_port}" if grpc_port is not None else "")
+                    f", gRPC {grpc}" if grpc is not None else "")
         return proc
 
     def stop(*_: Any) -> None:
