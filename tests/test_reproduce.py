@@ -87,3 +87,40 @@ def test_resume_skips_finished_stages_and_reproduces(runs):
         a = json.loads((root / "full" / "stages" / f"{name}.json").read_text())["result"]
         b = json.loads((stages / f"{name}.json").read_text())["result"]
         assert a == b, name
+
+
+def test_interrupted_stage_resumes_from_its_last_finished_row(runs, monkeypatch, capsys):
+    """An embeddings stage killed after its first row reruns only the other rows, with the same result."""
+    import shutil
+
+    import privsplit.report.experiments as experiments
+
+    root, _ = runs
+    out = root / "rows"
+    shutil.copytree(root / "full", out)
+    (out / "stages" / "embeddings.json").unlink()
+    real_attacks, real_build = experiments.identity_attacks, experiments.build_embedding
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        if calls:
+            raise RuntimeError("interrupted")
+        calls.append(1)
+        return real_attacks(*args, **kwargs)
+
+    monkeypatch.setattr(experiments, "identity_attacks", interrupted)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        reproduce("synthetic", out, config=root / "tiny.toml")
+    lines = (out / "stages" / "embeddings.rows.jsonl").read_text().splitlines()
+    assert [json.loads(line)["id"] for line in lines] == ["conv5_3/simple"]
+
+    built = []
+    monkeypatch.setattr(experiments, "identity_attacks", real_attacks)
+    monkeypatch.setattr(experiments, "build_embedding", lambda kind, *a, **k: built.append(kind) or real_build(kind, *a, **k))
+    capsys.readouterr()
+    reproduce("synthetic", out, config=root / "tiny.toml")
+    assert built == ["reduced-simple", "siamese", "reduced-siamese"]
+    assert "embeddings: 1/4 done earlier, reused" in capsys.readouterr().err
+    assert not (out / "stages" / "embeddings.rows.jsonl").exists()
+    a = json.loads((root / "full" / "stages" / "embeddings.json").read_text())["result"]
+    assert json.loads((out / "stages" / "embeddings.json").read_text())["result"] == a

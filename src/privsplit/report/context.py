@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,48 @@ if TYPE_CHECKING:  # imported where used: a stage that does not train loads no t
 #: what a stage returns: JSON-able rows or a summary dict (written to the run's results)
 StageResult = dict[str, Any] | list[dict[str, Any]]
 
-__all__ = ["Context", "Stage", "write_rows"]
+__all__ = ["Context", "Stage", "RowCache", "write_rows"]
+
+
+class RowCache:
+    """The finished pieces of one long stage, saved as they finish (``OUT/stages/<stage>.rows.jsonl``).
+
+    Why: with the audit on every row, the full LFW embeddings stage runs for hours on 2 cores; a stage
+    that restarts from its first row after an interruption would never finish. Each line holds the
+    stage's configuration hash, a piece id and its value; lines of another hash (the configuration
+    changed) are ignored, so a resumed stage reuses exactly the pieces this configuration produced.
+    Every :meth:`put` prints one progress line (piece, count, minutes since the stage started).
+    """
+
+    def __init__(self, path: Path, key: str, *, total: int, label: str) -> None:
+        self.path, self.key, self.total, self.label = path, key, total, label
+        self._done: dict[str, Any] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by the interruption
+                    continue
+                if rec.get("hash") == key:
+                    self._done[rec["id"]] = rec["value"]
+        self._t0 = time.perf_counter()
+        if self._done:
+            self._say(f"{len(self._done)}/{total} done earlier, reused")
+
+    def get(self, piece: str) -> Any | None:
+        """The saved value of ``piece`` (None when it still has to run)."""
+        return self._done.get(piece)
+
+    def put(self, piece: str, value: Any) -> Any:
+        """Save ``value`` for ``piece`` (appended and flushed at once) and report progress; returns ``value``."""
+        self._done[piece] = value
+        with self.path.open("a") as fh:
+            fh.write(json.dumps({"hash": self.key, "id": piece, "value": value}) + "\n")
+        self._say(f"{len(self._done)}/{self.total} ({piece}) after {(time.perf_counter() - self._t0) / 60:.1f} min")
+        return value
+
+    def _say(self, text: str) -> None:
+        print(f"    {self.label}: {text}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -32,6 +75,7 @@ class Context:
     out: Path
     results: dict[str, Any]
     config_path: str | None = None
+    stage_key: str = ""  # configuration hash of the stage now running (set by the pipeline)
     _run: tuple[ModelArtifact, PreparedData] | None = None
 
     @property
@@ -54,6 +98,10 @@ class Context:
         _, p = self.run()
         return attack_data(p.attack, per_identity=self.cfg["per_identity"], n_enrol=self.cfg["n_train"],
                            seed=self.cfg["seed"], group=self.cfg.get("attack_group"))
+
+    def pieces(self, stage: str, total: int) -> RowCache:
+        """The :class:`RowCache` of ``stage`` under this run's current configuration hash."""
+        return RowCache(self.out / "stages" / f"{stage}.rows.jsonl", self.stage_key, total=total, label=stage)
 
     def figure(self, name: str) -> Path:
         """Path of figure ``name`` under the output's ``figures/`` folder (created)."""

@@ -20,6 +20,7 @@ from privsplit.defenses.embedding import Embedding
 from privsplit.models.presets import paper_dim
 from privsplit.defenses.noise import GaussianNoise
 from privsplit.metrics.rank import primary_label_ceiling, rank_privacy
+from privsplit.report.context import RowCache
 from privsplit.train.artifacts import ModelArtifact
 from privsplit.train.loops import evaluate
 from privsplit.train.run import PreparedData
@@ -84,26 +85,34 @@ def noise_tradeoff(embedding: Embedding, sigmas: Sequence[float], *, test: FaceD
 
 def embedding_table(run: str | Path, art: ModelArtifact, prepared: PreparedData, *, layers: Sequence[str], data: AttackData,
                     siamese: SiameseConfig, transfer: TransferConfig | None,
-                    on_row: Callable[[dict[str, Any]], None] | None = None, audit: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                    on_row: Callable[[dict[str, Any]], None] | None = None, audit: dict[str, Any] | None = None,
+                    cache: RowCache | None = None) -> list[dict[str, Any]]:
     """Table I/II and Fig. 9/12a rows: primary accuracy and identity attacks per embedding and layer.
 
     ``run`` is the run folder (the Siamese fine-tuned models are cached there). ``audit`` (options of
     :func:`privsplit.audit.audit`) adds the worst case over the audit profile's attacks to every row.
+    ``cache`` keeps finished rows (``"layer/kind"``) so an interrupted table resumes at the next one.
     """
     from privsplit.audit import audit_row
 
     rows = []
     for layer in layers:
-        tuned = cached_siamese(run, art, prepared.train, layer=layer, cfg=siamese)
+        tuned = None
         for kind in EMBEDDING_TABLE_KINDS:
-            emb = build_embedding(kind, art.model, layer=layer, train=prepared.train, column=art.primary,
-                                  dim=paper_dim(layer), tuned=tuned, progress=False)
-            rep = evaluate(emb, prepared.test, column=art.primary)
-            row = {"accuracy": rep.accuracy, "balanced_accuracy": rep.balanced_accuracy,
-                   "dim": paper_dim(layer) if "reduced" in kind else None}
-            row.update(identity_attacks(emb, data, primary=art.primary, transfer=transfer, name=kind))
-            if audit is not None:
-                row.update(audit_row(emb, data.all, primary=art.primary, **audit))
+            row = cache.get(f"{layer}/{kind}") if cache is not None else None
+            if row is None:
+                if tuned is None:  # only built (or loaded) when a row of this layer still has to run
+                    tuned = cached_siamese(run, art, prepared.train, layer=layer, cfg=siamese)
+                emb = build_embedding(kind, art.model, layer=layer, train=prepared.train, column=art.primary,
+                                      dim=paper_dim(layer), tuned=tuned, progress=False)
+                rep = evaluate(emb, prepared.test, column=art.primary)
+                row = {"accuracy": rep.accuracy, "balanced_accuracy": rep.balanced_accuracy,
+                       "dim": paper_dim(layer) if "reduced" in kind else None}
+                row.update(identity_attacks(emb, data, primary=art.primary, transfer=transfer, name=kind))
+                if audit is not None:
+                    row.update(audit_row(emb, data.all, primary=art.primary, **audit))
+                if cache is not None:
+                    cache.put(f"{layer}/{kind}", row)
             rows.append(row)
             if on_row is not None:
                 on_row(row)

@@ -3,7 +3,8 @@
 The run is a list of stages (train -> embeddings -> tradeoff -> reconstruction -> cost -> report).
 Each finished stage writes ``OUT/stages/<name>.json`` with a hash of the configuration it ran with;
 a rerun skips stages whose hash matches, so an interrupted run resumes from the first unfinished
-stage (training itself also resumes from its last epoch checkpoint). Every figure's data is written
+stage (training itself also resumes from its last epoch checkpoint, and the long stages -- embeddings,
+tradeoff, defences -- from their last finished row: :class:`~privsplit.report.context.RowCache`). Every figure's data is written
 as JSON (and the tables as CSV) next to the PNGs.
 """
 from __future__ import annotations
@@ -76,6 +77,8 @@ def reproduce(dataset: str, out: str | Path, *, quick: bool = False, config: str
     ctx = Context(cfg, out, {}, str(config) if config else None)
     hashes: list[str] = []
     t_all = time.perf_counter()
+    console.print(f"{len(stages)} stages, roughly {sum(st.minutes(cfg) for st in stages):.0f} min on 2 CPU cores "
+                  "if none is done yet; each finished stage (and row of the long ones) is kept: rerun to resume")
     for i, stage in enumerate(stages, start=1):
         key = _stage_hash(cfg, stage, hashes if stage.name == "report" else hashes[:1])
         hashes.append(key)
@@ -86,10 +89,12 @@ def reproduce(dataset: str, out: str | Path, *, quick: bool = False, config: str
             continue
         console.print(f"[bold][{i}/{len(stages)}] {stage.name}[/] (estimated ~{stage.minutes(cfg):.0f} min)")
         t0 = time.perf_counter()
+        ctx.stage_key = key
         result = stage.run(ctx)
         seconds = time.perf_counter() - t0
         ctx.results[stage.name] = result
         state.write_text(json.dumps({"hash": key, "seconds": seconds, "result": result}, indent=1))
+        (out / "stages" / f"{stage.name}.rows.jsonl").unlink(missing_ok=True)  # its pieces are in the result now
         console.print(f"    {stage.name} finished in {seconds / 60:.1f} min")
         if stop_after == stage.name:
             console.print(f"stopped after stage '{stage.name}' as asked; rerun to continue")

@@ -73,13 +73,14 @@ def _transfer_cfg(c: dict[str, Any]) -> Any:
 
 
 def _embeddings(ctx: Context) -> list[dict[str, Any]]:
-    from privsplit.report.experiments import embedding_table
+    from privsplit.report.experiments import EMBEDDING_TABLE_KINDS, embedding_table
     from privsplit.report.plots import plot_attack_bars
 
     c = ctx.cfg
     art, p = ctx.run()
+    cache = ctx.pieces("embeddings", total=len(c["layers"]) * len(EMBEDDING_TABLE_KINDS))
     rows = embedding_table(ctx.run_dir, art, p, layers=c["layers"], data=ctx.attack_data(), siamese=_siamese_cfg(c),
-                           transfer=_transfer_cfg(c), audit=_audit_options(ctx))
+                           transfer=_transfer_cfg(c), audit=_audit_options(ctx), cache=cache)
     write_rows(ctx.figure("embeddings"), rows)
     plot_attack_bars(rows, ctx.figure("fig_transfer_attack.png"),
                      title=f"Identity transfer attack on {art.manifest['dataset']['label']}")
@@ -96,16 +97,20 @@ def _tradeoff(ctx: Context) -> list[dict[str, Any]]:
     data = ctx.attack_data()
     transfer = _transfer_cfg(c) if c["tradeoff_transfer"] else None
     rows: list[dict[str, Any]] = []
+    kinds = ("noisy-reduced-simple", "advanced")
+    cache = ctx.pieces("tradeoff", total=len(c["tradeoff_layers"]) * len(kinds))
     for layer in c["tradeoff_layers"]:
-        tuned = cached_siamese(ctx.run_dir, art, p.train, layer=layer, cfg=_siamese_cfg(c))
-        for kind in ("noisy-reduced-simple", "advanced"):
+        for kind in kinds:
+            if (done := cache.get(f"{layer}/{kind}")) is not None:
+                rows += done
+                continue
+            tuned = cached_siamese(ctx.run_dir, art, p.train, layer=layer, cfg=_siamese_cfg(c))
             emb = build_embedding(kind, art.model, layer=layer, train=p.train, column=art.primary, sigma=1.0,
                                   tuned=tuned, noise_seed=c["seed"], progress=False)
-            rows += noise_tradeoff(emb, c["sigmas"], test=p.test, attack=data, primary=art.primary,
-                                   transfer=transfer, seed=c["seed"], aux=p.train, group=c.get("attack_group"),
-                                   n_enrol=c["n_train"], audit_seeds=c.get("audit_seeds", 1),
-                                   audit_options=c.get("audit_options") or None,
-                                   audit_attacks=c.get("audit_attacks", "all"))
+            rows += cache.put(f"{layer}/{kind}", noise_tradeoff(
+                emb, c["sigmas"], test=p.test, attack=data, primary=art.primary, transfer=transfer, seed=c["seed"],
+                aux=p.train, group=c.get("attack_group"), n_enrol=c["n_train"], audit_seeds=c.get("audit_seeds", 1),
+                audit_options=c.get("audit_options") or None, audit_attacks=c.get("audit_attacks", "all")))
     write_rows(ctx.figure("tradeoff"), rows)
     unprotected = ctx.results["train"]["test"]["accuracy"]
     last = c["tradeoff_layers"][-1]
@@ -142,15 +147,18 @@ def _defences(ctx: Context) -> list[dict[str, Any]]:
     art, p = ctx.run()
     layer = c["layers"][-1]
     tuned = cached_siamese(ctx.run_dir, art, p.train, layer=layer, cfg=_siamese_cfg(c))
-    rows = []
+    rows, cache = [], ctx.pieces("defences", total=len(c["defences"]))
     for spec in c["defences"]:
+        if (done := cache.get(spec)) is not None:
+            rows.append(done)
+            continue
         name, knob, opts = _defence_point(spec)
         entry = DEFENCES.get(name)
         opts |= entry.options(tuned=tuned, config=FinetuneConfig(epochs=c.get("defence_epochs", 1), seed=c["seed"]))
         emb = entry(art.model, layer=layer, train=p.train, column=art.primary, knob=knob, **opts)
-        rows.append({"defence": name, "knob": knob, "dim": opts.get("dim"), "layer": layer,
-                     "accuracy": evaluate(emb, p.test, column=art.primary).accuracy,
-                     **audit_row(emb, ctx.attack_data().all, primary=art.primary, **audit)})
+        rows.append(cache.put(spec, {"defence": name, "knob": knob, "dim": opts.get("dim"), "layer": layer,
+                                     "accuracy": evaluate(emb, p.test, column=art.primary).accuracy,
+                                     **audit_row(emb, ctx.attack_data().all, primary=art.primary, **audit)}))
     write_rows(ctx.figure("defences"), rows)
     plot_defences(rows, ctx.figure("fig_defences.png"), unprotected=ctx.results["train"]["test"]["accuracy"],
                   primary=art.primary)
@@ -216,23 +224,46 @@ def _report(ctx: Context) -> dict[str, str]:
     return {"markdown": str(md), "html": str(page)}
 
 
+def _scale(c: dict[str, Any]) -> float:
+    """How much slower than LFW a dataset's epochs (and so its attacks) run."""
+    return _estimate_epoch_s(c) / _estimate_epoch_s({"dataset": "lfw"})
+
+
+def _train_minutes(c: dict[str, Any]) -> float:
+    """Primary training (~110 s per LFW epoch), or with the identity backbone: dlib's descriptors (~80 ms
+    an image), the distillation (~1 min per epoch of 8,000 images) and the partly frozen fine-tune
+    (~2.7 min per epoch); measured on 2 shared cores."""
+    if c.get("backbone", "scratch") != "identity":
+        return c["epochs"] * 110 / 60 * _scale(c)
+    images = c.get("backbone_images") or 8000
+    return images * 0.08 / 60 + c.get("backbone_epochs", 10) * images / 8000 + c.get("finetune_epochs", 1) * 2.7
+
+
+def _row_minutes(c: dict[str, Any]) -> float:
+    """One row of the embedding table: the transfer attack (~2 min at 40 epochs on LFW) and the audit
+    (~5 min per seed with the fast profile, the metric attack most of it). Calibrated on the quick LFW
+    report on the identity backbone: 27.9 min for 4 rows, 1 seed, 20 attack epochs, on 2 shared cores."""
+    return (2 * c["attack_epochs"] / 40 + 5 * c.get("audit_seeds", 1)) * _scale(c)
+
+
 STAGES: list[Stage] = [
-    Stage("train", _train, lambda c: c["epochs"] * _estimate_epoch_s(c) / 60,
+    Stage("train", _train, lambda c: _train_minutes(c),
           ("dataset", "arch", "width", "size", "epochs", "batch_size", "seed", "backbone", "backbone_images",
            "backbone_epochs", "finetune_epochs", "finetune_lr", "finetune_freeze")),
     Stage("embeddings", _embeddings,
-          lambda c: len(c["layers"]) * (c["siamese_epochs"] * _estimate_epoch_s(c) + 4 * 60) / 60,
+          lambda c: len(c["layers"]) * (c["siamese_epochs"] * _estimate_epoch_s(c) / 60 + 4 * _row_minutes(c)),
           ("layers", "siamese_epochs", "attack_epochs", "attack_restarts", "per_identity", "n_train", "attack_group",
            "seed", "audit_profile", "audit_seeds", "audit_options", "audit_attacks", "attack_head")),
-    Stage("tradeoff", _tradeoff, lambda c: len(c["tradeoff_layers"]) * 2 * len(c["sigmas"]) * 10 / 60,
+    Stage("tradeoff", _tradeoff,
+          lambda c: len(c["tradeoff_layers"]) * 2 * len(c["sigmas"]) * c.get("audit_seeds", 1) * 0.45 * _scale(c),
           ("tradeoff_layers", "sigmas", "tradeoff_transfer", "siamese_epochs", "attack_epochs", "per_identity",
            "n_train", "attack_group", "seed", "audit_seeds", "audit_options", "attack_restarts", "audit_attacks",
            "attack_head")),
-    Stage("reconstruction", _reconstruction, lambda c: 3 * c.get("recon_epochs", 0) * _estimate_epoch_s(c) / 60,
+    Stage("reconstruction", _reconstruction, lambda c: 3 * c.get("recon_epochs", 0) * 1.3 * _scale(c),
           ("layers", "siamese_epochs", "recon_epochs", "recon_sigma", "seed")),
     Stage("cost", _cost, lambda c: 2 + 10 * sum(":224" in m for m in c.get("cost_models", [])),
           ("cost_models", "cost_runs", "arch", "layers", "seed")),
-    Stage("defences", _defences, lambda c: len(c.get("defences", [])) * 2,
+    Stage("defences", _defences, lambda c: len(c.get("defences", [])) * (0.5 + 0.6 * c.get("audit_seeds", 1)) * _scale(c),
           ("layers", "defences", "defence_epochs", "siamese_epochs", "seed", "audit_profile", "audit_seeds",
            "audit_options", "audit_attacks", "per_identity", "n_train", "attack_group")),
     Stage("report", _report, lambda c: 0.1),
