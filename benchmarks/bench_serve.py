@@ -10,7 +10,9 @@
     served images/s to the raw in-process analyzer (``AnalyzerService.run_batch``) at batch size C.
     With ``--triton`` (default when its interpreter exists: ``PRIVSPLIT_TRITON_PYTHON``, else
     ``.venv-triton/bin/python``) the same load also goes to the same analyzer on Triton Inference Server
-    via PyTriton (``python -m privsplit.runtime.triton``), REST and gRPC. ``--runs N`` repeats the whole
+    via PyTriton (``python -m privsplit.runtime.triton``), REST and gRPC. All servers of a run start
+    together and are measured interleaved (for each protocol and level, each server right after the
+    other), so a drift of the shared machine's speed hits them alike. ``--runs N`` repeats the whole
     set N times (every server restarted) and reports per server and level the median of each figure, each
     run's p99 and the range of the 1-min load average (read before and after every level), plus issue 14's
     acceptance checks against Triton.
@@ -30,6 +32,7 @@ Run (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -155,36 +158,52 @@ def measure(kind: str, port: int, model: str, bodies: list, concurrency: int, ar
     return {"concurrency": concurrency, **res}
 
 
-def bench_server(name: str, cmd: list[str], env: dict[str, str], ports: dict[str, int], model: str, bodies,
-                 args, privsplit_metrics: bool) -> dict[str, list[dict[str, float]]]:
-    """Start one server, load it over each protocol in ``ports`` at each level; rows per 'name, protocol'."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    out: dict[str, list[dict[str, float]]] = {}
+@contextlib.contextmanager
+def running(specs: list[tuple], env: dict[str, str], model: str):
+    """Start every server of ``specs`` at once and yield their processes once all are ready; stop them after.
+
+    Why all at once: the servers are then measured level by level, one right after the other
+    (interleaved), so a drift of this shared machine's speed over minutes hits each of them alike
+    instead of whichever ran last. An idle server costs next to nothing while another one is measured.
+    """
+    procs = []
     try:
-        wait_ready(f"http://127.0.0.1:{ports['rest']}", model, proc)
+        for _name, cmd, ports, _ours in specs:
+            procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                          start_new_session=True))
+        for proc, (_name, _cmd, ports, _ours) in zip(procs, specs):
+            wait_ready(f"http://127.0.0.1:{ports['rest']}", model, proc)
         time.sleep(3.0)  # with several workers, let the last ones finish loading before the clock runs
-        for kind, port in ports.items():
-            label = f"{name}, {'REST' if kind == 'rest' else 'gRPC'}"
-            print(label + ":", flush=True)
-            run_load(kind, port, model, bodies[kind], 4, 1.0, args.load_procs)  # warm-up
-            rows = out[label] = []
-            for c in args.level_list:
-                res = measure(kind, port, model, bodies[kind], c, args, proc.pid,
-                              ports["rest"] if privsplit_metrics else None)
-                rows.append(res)
-                batch = f"  mean batch {res['mean_batch']:.1f}" if "mean_batch" in res else ""
-                print(f"  c={c:>2}: {res['rps']:7.0f} req/s  p50 {res['p50_ms']:.2f} ms  p99 {res['p99_ms']:.2f} ms  "
-                      f"errors {res['errors']}  server CPU {res['cpu_us']:.0f} us/req{batch}  "
-                      f"load {res['load_before']:.1f}->{res['load_after']:.1f}", flush=True)
-        return out
+        yield procs
     finally:
-        proc.send_signal(2)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait(10)
+        for proc in procs:
+            proc.send_signal(2)
+        for proc in procs:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait(10)
+
+
+def bench_run(specs: list[tuple], env: dict[str, str], model: str, bodies, args) -> dict[str, list[dict[str, float]]]:
+    """One run: every server up, then per protocol and level each server in turn; rows per 'name, protocol'."""
+    out: dict[str, list[dict[str, float]]] = {}
+    with running(specs, env, model) as procs:
+        for kind in ("rest", "grpc"):
+            for (name, _cmd, ports, _ours) in specs:  # warm-up
+                run_load(kind, ports[kind], model, bodies[kind], 4, 1.0, args.load_procs)
+            for c in args.level_list:
+                for proc, (name, _cmd, ports, ours) in zip(procs, specs):
+                    label = f"{name}, {'REST' if kind == 'rest' else 'gRPC'}"
+                    res = measure(kind, ports[kind], model, bodies[kind], c, args, proc.pid,
+                                  ports["rest"] if ours else None)
+                    out.setdefault(label, []).append(res)
+                    batch = f"  mean batch {res['mean_batch']:.1f}" if "mean_batch" in res else ""
+                    print(f"  {label}  c={c:>2}: {res['rps']:7.0f} req/s  p50 {res['p50_ms']:.2f} ms  p99 "
+                          f"{res['p99_ms']:.2f} ms  errors {res['errors']}  server CPU {res['cpu_us']:.0f} us/req"
+                          f"{batch}  load {res['load_before']:.1f}->{res['load_after']:.1f}", flush=True)
+    return out
 
 
 def median_rows(runs: list[dict[str, list[dict]]]) -> dict[str, list[dict]]:
@@ -377,9 +396,7 @@ def main() -> None:
         runs = []
         for run in range(args.runs):
             print(f"--- run {run + 1} of {args.runs}", flush=True)
-            runs.append({})
-            for name, cmd, ports, ours in server_commands(args, server_dir):
-                runs[-1].update(bench_server(name, cmd, env, ports, model, bodies, args, ours))
+            runs.append(bench_run(server_commands(args, server_dir), env, model, bodies, args))
         wire = wire_bytes(bundles)
     jpeg = jpeg_bytes()
     env_line = (f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, load average (1 min) before the benchmark "
