@@ -6,7 +6,7 @@ This script compares them on the images in BOTH test splits (paired: same photos
 preprocessing), with 95% intervals from a bootstrap over people (cluster_bootstrap_ci) for each accuracy and
 for the paired difference.
 
-    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/align_training.py --centre /work/main/runs/lfw-gender \
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/align_training.py --centre runs/lfw-gender \
         --aligned /tmp/device-runs/lfw-align --out docs/align_training.json
 """
 from __future__ import annotations

@@ -94,7 +94,7 @@ def table(res: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs/backbone-bench")
-    ap.add_argument("--scratch", default="/work/main/runs/lfw-gender", help="from-scratch gender run (read only)")
+    ap.add_argument("--scratch", default="runs/lfw-gender", help="from-scratch gender run (read only)")
     ap.add_argument("--distill-epochs", type=int, default=10)
     ap.add_argument("--aux-images", type=int, default=None, help="distil on this many primary-training images")
     ap.add_argument("--center", action="store_true", help="cosine loss on centred descriptors (did badly)")
@@ -118,8 +118,23 @@ def main() -> None:
     def save():
         res_path.write_text(json.dumps(res, indent=1))
 
+    p = prepare_data(RunSpec(dataset="lfw"))
+    models = build_models(args, out, p, res, save)
+    measure_nn(models, p, res, save)
+    for name, model in models.items():
+        for layer in LAYERS:
+            r = res[name].setdefault(layer, {})
+            if f"audit: {args.audit_attacks.split(',')[-1]}" in r:
+                continue
+            t0 = time.perf_counter()
+            r.update(audit_attacks(simple(model, layer), p.attack, args.audit_attacks.split(",")))
+            print(name, layer, r, f"{time.perf_counter() - t0:.0f} s", flush=True)
+            save()
+
+
+def build_models(args: argparse.Namespace, out: Path, p, res: dict, save) -> dict[str, torch.nn.Module]:
+    """The distilled backbone and its gender fine-tune (built once, resumable) beside the scratch model."""
     spec = RunSpec(dataset="lfw")
-    p = prepare_data(spec)
     t0 = time.perf_counter()
     backbone = out / "backbone-dlib"
     if not (backbone / "model.json").exists():
@@ -135,7 +150,11 @@ def main() -> None:
                              train=TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr)), gender, prepared=p,
                      resume=True)
     res["finetune_seconds"] = time.perf_counter() - t0
-    models = {"distilled (dlib teacher)": load_model(gender).model, "scratch": load_model(args.scratch).model}
+    return {"distilled (dlib teacher)": load_model(gender).model, "scratch": load_model(args.scratch).model}
+
+
+def measure_nn(models: dict[str, torch.nn.Module], p, res: dict, save) -> None:
+    """Gender accuracy and 1-NN identification (L2-normalised) per layer, 15 enrolment photos per target."""
     enrol_idx, query_idx = enrol_split(p.attack.labels["identity"], 15, seed=0)
     enrol, query = p.attack.subset(enrol_idx), p.attack.subset(query_idx)
     groups = query.labels["identity"]
@@ -152,15 +171,7 @@ def main() -> None:
             r.setdefault(layer, {})["1-nn (L2-normalised)"] = figure(nn_attack(simple(model, layer), enrol, query), groups)
             print(name, layer, r[layer], flush=True)
         save()
-    for name, model in models.items():
-        for layer in LAYERS:
-            r = res[name].setdefault(layer, {})
-            if f"audit: {args.audit_attacks.split(',')[-1]}" in r:
-                continue
-            t0 = time.perf_counter()
-            r.update(audit_attacks(simple(model, layer), p.attack, args.audit_attacks.split(",")))
-            print(name, layer, r, f"{time.perf_counter() - t0:.0f} s", flush=True)
-            save()
+
 
 if __name__ == "__main__":
     main()

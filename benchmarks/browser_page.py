@@ -7,7 +7,7 @@ label of the clean features (Python analyzer) matches the page's label. Photos: 
 as the browser test does) and, for the screenshot only, synthetic faces (no third-party photos in the repo).
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/browser_page.py \
-        --bundles /work/main/runs/lfw-gender/bundles/advanced-conv5_3 --lfw ../shared/data/lfw_gender --n 8 \
+        --bundles runs/lfw-gender/bundles/advanced-conv5_3 --lfw ../shared/data/lfw_gender --n 8 \
         --out docs/browser_page.json --screenshot docs/figures/browser_ui.png
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Pareto sweep: primary accuracy vs worst-case identity top-1 for every defence of the zoo, same harness.
 
-    nice -n 10 python benchmarks/defences_pareto.py --run /work/main/runs/lfw-gender \\
+    nice -n 10 python benchmarks/defences_pareto.py --run runs/lfw-gender \\
         [--defences all|name,...] [--layer conv5_3] [--epochs 1] [--train-limit 3000] \\
         [--attacks 1-nn,likelihood] [--out docs/defences]
 

@@ -1,6 +1,6 @@
 """Repeated queries against fresh vs keyed device noise: exact repeats and near-duplicates, k = 1, 4, 16.
 
-    nice -n 10 python benchmarks/keyed_repeats.py --run /work/main/runs/lfw-gender \\
+    nice -n 10 python benchmarks/keyed_repeats.py --run runs/lfw-gender \\
         [--bundle BUNDLE] [--attacks 1-nn,likelihood] [--ks 1,4,16] [--ckplus] [--out docs/keyed_noise_results.md]
 
 Rows (one enrolment draw, seed 0; top-1 over the run's attack identities with identity-bootstrap 95% CI):

@@ -1,7 +1,7 @@
 """Enrolment rank privacy beside the paper's rank privacy, for the Fig. 10a settings (issue 10).
 
-    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/rank_side_by_side.py --run /work/main/runs/lfw-gender \\
-        --bundles /work/main/runs/lfw-gender/bundles/advanced-conv5_3 reports/bundles/noisy-reduced-simple-conv5_3 \\
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/rank_side_by_side.py --run runs/lfw-gender \\
+        --bundles runs/lfw-gender/bundles/advanced-conv5_3 reports/bundles/noisy-reduced-simple-conv5_3 \\
         --sigmas 0.25 0.5 1 2 --seeds 0 1 2 --out docs/audit
 
 Each bundle's layers (extractor, PCA to 4 dims, per-feature std) are kept and only sigma changes

@@ -9,7 +9,7 @@ same). Balanced accuracy gets a 95% interval from a bootstrap over people (strat
 people redrawn); plain accuracy uses :func:`privsplit.metrics.intervals.cluster_bootstrap_ci`. Detection +
 alignment (+ resize) time is measured per photo on one core.
 
-    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/real_photos.py --model /work/main/runs/lfw-gender \
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/real_photos.py --model runs/lfw-gender \
         --data ../shared/data/celeba_wild_dev --out docs/real_photos.json
 """
 from __future__ import annotations

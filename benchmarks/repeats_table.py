@@ -3,7 +3,7 @@ client does), features averaged, against one attack -- the audit's ``repeats=k``
 of k = 16 vs k = 1 on the same queries.
 
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/repeats_table.py \\
-        --bundles /work/main/runs/lfw-gender/bundles/advanced-conv5_3 /work/main/runs/lfw-gender/bundles/advanced-conv5_3-s1 \\
+        --bundles runs/lfw-gender/bundles/advanced-conv5_3 runs/lfw-gender/bundles/advanced-conv5_3-s1 \\
         --attack likelihood --repeats 1 4 16 --seeds 3 --out reports/repeats
 
 For each bundle, ``privsplit.audit.audit(bundle, run data, attacks=[ATTACK], seeds=S, repeats=k)`` for
