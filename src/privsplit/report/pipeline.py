@@ -50,6 +50,22 @@ def _stage_hash(cfg: dict[str, Any], stage: Stage, upstream: list[str]) -> str:
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
+def _stage_keys(cfg: dict[str, Any], stages: list[Stage]) -> list[str]:
+    """Each stage's hash: its config keys and the train stage's hash (the report's: every stage's)."""
+    keys: list[str] = []
+    for stage in stages:
+        keys.append(_stage_hash(cfg, stage, keys if stage.name == "report" else keys[:1]))
+    return keys
+
+
+def _finished(out: Path, stage: Stage, key: str) -> Any | None:
+    """The saved result of ``stage`` when it finished under this ``key``, else None."""
+    state = out / "stages" / f"{stage.name}.json"
+    if state.exists() and json.loads(state.read_text()).get("hash") == key:
+        return json.loads(state.read_text())["result"]
+    return None
+
+
 def reproduce(dataset: str, out: str | Path, *, quick: bool = False, config: str | Path | None = None,
               stop_after: str | None = None, stages: list[Stage] | None = None, align: str = "none",
               backbone: str | None = None) -> Path:
@@ -75,18 +91,18 @@ def reproduce(dataset: str, out: str | Path, *, quick: bool = False, config: str
     out = Path(out)
     (out / "stages").mkdir(parents=True, exist_ok=True)
     ctx = Context(cfg, out, {}, str(config) if config else None)
-    hashes: list[str] = []
+    keys = _stage_keys(cfg, stages)
+    done = {st.name: _finished(out, st, key) for st, key in zip(stages, keys)}
+    left = [st for st in stages if done[st.name] is None]
+    console.print(f"{len(left)} of {len(stages)} stages to run, roughly {sum(st.minutes(cfg) for st in left):.0f} min on "
+                  "2 CPU cores; each finished stage (and row of the long ones) is kept: rerun to resume")
     t_all = time.perf_counter()
-    console.print(f"{len(stages)} stages, roughly {sum(st.minutes(cfg) for st in stages):.0f} min on 2 CPU cores "
-                  "if none is done yet; each finished stage (and row of the long ones) is kept: rerun to resume")
-    for i, stage in enumerate(stages, start=1):
-        key = _stage_hash(cfg, stage, hashes if stage.name == "report" else hashes[:1])
-        hashes.append(key)
-        state = out / "stages" / f"{stage.name}.json"
-        if state.exists() and json.loads(state.read_text()).get("hash") == key:
-            ctx.results[stage.name] = json.loads(state.read_text())["result"]
+    for i, (stage, key) in enumerate(zip(stages, keys), start=1):
+        if done[stage.name] is not None:
+            ctx.results[stage.name] = done[stage.name]
             console.print(f"[{i}/{len(stages)}] {stage.name}: done earlier, skipped")
             continue
+        state = out / "stages" / f"{stage.name}.json"
         console.print(f"[bold][{i}/{len(stages)}] {stage.name}[/] (estimated ~{stage.minutes(cfg):.0f} min)")
         t0 = time.perf_counter()
         ctx.stage_key = key
