@@ -240,10 +240,11 @@ def _train_minutes(c: dict[str, Any]) -> float:
 
 
 def _row_minutes(c: dict[str, Any]) -> float:
-    """One row of the embedding table: the transfer attack (~2 min at 40 epochs on LFW) and the audit
-    (~5 min per seed with the fast profile, the metric attack most of it). Calibrated on the quick LFW
-    report on the identity backbone: 27.9 min for 4 rows, 1 seed, 20 attack epochs, on 2 shared cores."""
-    return (2 * c["attack_epochs"] / 40 + 5 * c.get("audit_seeds", 1)) * _scale(c)
+    """One row of the embedding table: the transfer attack (~1 min at 40 epochs on LFW) and the audit
+    (~2 min per seed with the fast profile, the metric attack most of it). Calibrated on the full LFW
+    report on the identity backbone: 85.8 min for 12 rows, 3 seeds, 40 attack epochs, 2 cores shared
+    with a serving benchmark and tests."""
+    return (c["attack_epochs"] / 40 + 2 * c.get("audit_seeds", 1)) * _scale(c)
 
 
 STAGES: list[Stage] = [
