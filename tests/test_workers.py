@@ -75,11 +75,11 @@ def _listening_pids(port: int, pids: list[int]) -> set[int]:
             cols = line.split()
             if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
                 inodes.add(cols[9])
-    found = set()
+    links, found = {f"socket:[{i}]" for i in inodes}, set()
     for pid in pids:
         for fd in Path(f"/proc/{pid}/fd").iterdir():
             try:
-                if os.readlink(fd) in {f"socket:[{i}]" for i in inodes}:
+                if os.readlink(fd) in links:
                     found.add(pid)
             except OSError:
                 continue

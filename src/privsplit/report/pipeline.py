@@ -61,9 +61,8 @@ def _stage_keys(cfg: dict[str, Any], stages: list[Stage]) -> list[str]:
 def _finished(out: Path, stage: Stage, key: str) -> Any | None:
     """The saved result of ``stage`` when it finished under this ``key``, else None."""
     state = out / "stages" / f"{stage.name}.json"
-    if state.exists() and json.loads(state.read_text()).get("hash") == key:
-        return json.loads(state.read_text())["result"]
-    return None
+    saved = json.loads(state.read_text()) if state.exists() else {}
+    return saved["result"] if saved.get("hash") == key else None
 
 
 def reproduce(dataset: str, out: str | Path, *, quick: bool = False, config: str | Path | None = None,

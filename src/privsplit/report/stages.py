@@ -100,11 +100,13 @@ def _tradeoff(ctx: Context) -> list[dict[str, Any]]:
     kinds = ("noisy-reduced-simple", "advanced")
     cache = ctx.pieces("tradeoff", total=len(c["tradeoff_layers"]) * len(kinds))
     for layer in c["tradeoff_layers"]:
+        tuned = None
         for kind in kinds:
             if (done := cache.get(f"{layer}/{kind}")) is not None:
                 rows += done
                 continue
-            tuned = cached_siamese(ctx.run_dir, art, p.train, layer=layer, cfg=_siamese_cfg(c))
+            if tuned is None:  # only built (or loaded) when a row of this layer still has to run
+                tuned = cached_siamese(ctx.run_dir, art, p.train, layer=layer, cfg=_siamese_cfg(c))
             emb = build_embedding(kind, art.model, layer=layer, train=p.train, column=art.primary, sigma=1.0,
                                   tuned=tuned, noise_seed=c["seed"], progress=False)
             rows += cache.put(f"{layer}/{kind}", noise_tradeoff(
@@ -147,7 +149,7 @@ def _defences(ctx: Context) -> list[dict[str, Any]]:
     art, p = ctx.run()
     layer = c["layers"][-1]
     tuned = cached_siamese(ctx.run_dir, art, p.train, layer=layer, cfg=_siamese_cfg(c))
-    rows, cache = [], ctx.pieces("defences", total=len(c["defences"]))
+    rows, cache, targets = [], ctx.pieces("defences", total=len(c["defences"])), ctx.attack_data().all
     for spec in c["defences"]:
         if (done := cache.get(spec)) is not None:
             rows.append(done)
@@ -158,7 +160,7 @@ def _defences(ctx: Context) -> list[dict[str, Any]]:
         emb = entry(art.model, layer=layer, train=p.train, column=art.primary, knob=knob, **opts)
         rows.append(cache.put(spec, {"defence": name, "knob": knob, "dim": opts.get("dim"), "layer": layer,
                                      "accuracy": evaluate(emb, p.test, column=art.primary).accuracy,
-                                     **audit_row(emb, ctx.attack_data().all, primary=art.primary, **audit)}))
+                                     **audit_row(emb, targets, primary=art.primary, **audit)}))
     write_rows(ctx.figure("defences"), rows)
     plot_defences(rows, ctx.figure("fig_defences.png"), unprotected=ctx.results["train"]["test"]["accuracy"],
                   primary=art.primary)
@@ -248,7 +250,7 @@ def _row_minutes(c: dict[str, Any]) -> float:
 
 
 STAGES: list[Stage] = [
-    Stage("train", _train, lambda c: _train_minutes(c),
+    Stage("train", _train, _train_minutes,
           ("dataset", "arch", "width", "size", "epochs", "batch_size", "seed", "backbone", "backbone_images",
            "backbone_epochs", "finetune_epochs", "finetune_lr", "finetune_freeze")),
     Stage("embeddings", _embeddings,
