@@ -1,6 +1,7 @@
 """The analyzer service over real HTTP (uvicorn on 127.0.0.1): protocol, batching, errors, auth, metrics."""
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -391,3 +392,54 @@ def test_freeze_startup_objects_takes_them_out_of_full_collections():
     finally:
         gc.unfreeze()
     assert gc.get_freeze_count() == 0
+
+
+def test_micro_batcher_async_wakes_each_loop_once_per_batch():
+    """``submit_async``: right rows per request, one ``call_soon_threadsafe`` per batch, a cancelled
+    request dropped before the call, the batch's exception to each, BatcherClosed after close."""
+    from privsplit.runtime.batching import BatcherClosed, MicroBatcher
+
+    gate, entered, calls = threading.Event(), threading.Event(), []
+
+    def fn(x: np.ndarray):
+        entered.set()
+        gate.wait(5)
+        calls.append(x[:, 0].tolist())
+        if (x < 0).any():
+            raise ValueError("negative input")
+        return x * 2, x.sum(axis=1)
+
+    async def scenario(batcher: MicroBatcher) -> tuple[list, int]:
+        loop, wakes = asyncio.get_running_loop(), []
+        real = loop.call_soon_threadsafe
+
+        def counting(cb, *args, **kw):
+            wakes.append(cb)
+            return real(cb, *args, **kw)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        first = batcher.submit_async(np.zeros((1, 2)))
+        await asyncio.to_thread(entered.wait, 5)
+        futs = [batcher.submit_async(np.full((1, 2), float(n))) for n in (1, 2, 3)]
+        gone = batcher.submit_async(np.full((1, 2), 9.0))
+        gone.cancel()
+        gate.set()
+        results = [await f for f in (first, *futs)]
+        assert calls == [[0.0], [1.0, 2.0, 3.0]]  # the cancelled request never reached fn
+        bad = batcher.submit_async(-np.ones((1, 2)))
+        with pytest.raises(ValueError, match="negative input"):
+            await bad
+        return results, len([w for w in wakes if getattr(w, "__name__", "") == "_settle"])
+
+    batcher = MicroBatcher(fn, max_batch=8, max_delay_ms=0)
+    with batcher:
+        results, settles = asyncio.run(scenario(batcher))
+    for n, (doubled, sums) in zip((0, 1, 2, 3), results):
+        assert doubled.tolist() == [[2.0 * n] * 2] and sums.tolist() == [2.0 * n]
+    assert settles == 3  # batches [0], [1, 2, 3], [-1]: one wake-up each, not one per request
+
+    async def after_close() -> None:
+        batcher.submit_async(np.ones((1, 2)))
+
+    with pytest.raises(BatcherClosed):
+        asyncio.run(after_close())

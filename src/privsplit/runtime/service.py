@@ -10,7 +10,6 @@ to a status code. An analyzer failure is logged with its traceback and answered 
 """
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import threading
@@ -225,7 +224,7 @@ class AnalyzerService:
     async def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Run validated features through the batcher; 503 when shutting down, a generic 500 on failure."""
         try:
-            probs, index = await asyncio.wrap_future(self.batcher.submit(x))
+            probs, index = await self.batcher.submit_async(x)
         except BatcherClosed as exc:
             raise ServiceError(503, str(exc)) from None
         except Exception:
