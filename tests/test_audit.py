@@ -235,3 +235,28 @@ def test_feature_cache_matches_the_extractor_and_never_goes_stale(one_thread):
         assert cache.misses == 15
     z = view.client_features(x.requires_grad_(), noisy=False)  # with gradients on, the extractor always runs
     assert z.requires_grad and view.client_features is not emb.client_features
+
+
+def test_one_feature_cache_across_noise_levels_gives_the_same_audits(test_attacks, one_thread):
+    """What ``noise_tradeoff`` does: the audits of several sigmas share one cache; the noise-free features
+    are computed once (hits at the second sigma) and every figure equals an audit with a cache of its own."""
+    from privsplit.audit.cache import FeatureCache
+    from privsplit.defenses.embedding import Embedding
+
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten())
+    emb = Embedding.from_parts(kind="simple", layer="x", extractor=conv, analyzer=nn.Identity(), reduce=nn.Identity(),
+                               reconstruct=nn.Identity(), noise=GaussianNoise(sigma=0.0)).eval()
+    faces, shared = planted_faces(), FeatureCache()
+
+    def one(sigma: float, cache: FeatureCache | None):
+        rep = audit(emb.with_noise(GaussianNoise(sigma=sigma)), faces, attacks=["test-centroid"], seeds=2, n_boot=200,
+                    progress=False, n_enrol=N_ENROL, cache=cache)
+        return [(a.name, a.top1.value, a.top1.ci95) for a in rep.attacks]
+
+    first = one(0.0, shared)
+    misses = shared.misses
+    second = one(3.0, shared)
+    assert shared.misses == misses and shared.hits > 0  # sigma 3: no image went through the extractor again
+    assert first == one(0.0, None) and second == one(3.0, None)
+    assert first != second  # the noise still acts

@@ -56,8 +56,14 @@ def noise_tradeoff(embedding: Embedding, sigmas: Sequence[float], *, test: FaceD
     validation, with its interval; ``aux`` = the attacker's other people); 1-NN alone (and the transfer
     attack when ``transfer`` is given) only where no fast attack is registered or transfer is asked for.
     Noise is drawn reproducibly (``seed``) so a rerun gives the same curve.
+
+    The audits of all noise levels share one feature cache: the noise-free client features do not
+    depend on sigma (noise is added after), and computing them -- mostly the metric attack's augmented
+    copies of the other people -- was half of each audit on LFW. What attacks train on those features
+    is keyed by the noise, so it is still trained per sigma.
     """
     from privsplit.audit import audit_row, profile_available
+    from privsplit.audit.cache import FeatureCache
 
     if not isinstance(embedding.noise, GaussianNoise) or embedding.noise.std is None:
         raise ValueError("noise_tradeoff needs a noisy embedding with fitted per-dimension std "
@@ -65,6 +71,7 @@ def noise_tradeoff(embedding: Embedding, sigmas: Sequence[float], *, test: FaceD
     base = embedding.noise
     rows = []
     ceiling = primary_label_ceiling(attack.all.labels[sensitive], attack.all.labels[primary])
+    features = FeatureCache()
     for sigma in sigmas:
         emb = embedding.with_noise(GaussianNoise(sigma=sigma, scale=base.scale, std=base.std, deterministic=True,
                                                  seed=seed))
@@ -78,7 +85,7 @@ def noise_tradeoff(embedding: Embedding, sigmas: Sequence[float], *, test: FaceD
         if profile_available("fast"):
             row.update(audit_row(emb, attack.all, aux=aux, group=group, profile="fast", seeds=audit_seeds,
                                  options=audit_options, attacks=audit_attacks, sensitive=sensitive, primary=primary,
-                                 n_enrol=n_enrol))
+                                 n_enrol=n_enrol, cache=features))
         rows.append(row)
     return rows
 
