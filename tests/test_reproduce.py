@@ -124,3 +124,41 @@ def test_interrupted_stage_resumes_from_its_last_finished_row(runs, monkeypatch,
     assert not (out / "stages" / "embeddings.rows.jsonl").exists()
     a = json.loads((root / "full" / "stages" / "embeddings.json").read_text())["result"]
     assert json.loads((out / "stages" / "embeddings.json").read_text())["result"] == a
+
+
+def test_interrupted_reconstruction_resumes_at_the_next_decoder(runs, monkeypatch, capsys):
+    """The reconstruction stage keeps each finished decoder's row and grid: a rerun trains only the rest,
+    gives the full run's rows and figure, and removes its piece files once the stage is done."""
+    import shutil
+
+    import privsplit.report.stages as stages
+
+    root, _ = runs
+    out = root / "recon"
+    shutil.copytree(root / "full", out)
+    for name in ("reconstruction", "cost", "defences", "report"):
+        (out / "stages" / f"{name}.json").unlink(missing_ok=True)
+    (out / "figures" / "fig_reconstruction.png").unlink()
+    real, trained = stages._reconstruct_one, []
+
+    def interrupted(ctx, art, p, kind, *args):
+        if trained:
+            raise RuntimeError("interrupted")
+        trained.append(kind)
+        return real(ctx, art, p, kind, *args)
+
+    monkeypatch.setattr(stages, "_reconstruct_one", interrupted)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        reproduce("synthetic", out, config=root / "tiny.toml")
+    assert len(list((out / "stages" / "reconstruction.pieces").glob("simple-*.pt"))) == 1
+
+    monkeypatch.setattr(stages, "_reconstruct_one", lambda ctx, art, p, kind, *a: trained.append(kind) or real(
+        ctx, art, p, kind, *a))
+    capsys.readouterr()
+    reproduce("synthetic", out, config=root / "tiny.toml")
+    assert trained == ["simple", "siamese", "advanced"]  # "simple" trained once, before the interruption
+    assert "reconstruction: 1/3 done earlier, reused" in capsys.readouterr().err
+    assert not (out / "stages" / "reconstruction.pieces").exists()
+    assert (out / "figures" / "fig_reconstruction.png").exists()
+    a = json.loads((root / "full" / "stages" / "reconstruction.json").read_text())["result"]
+    assert json.loads((out / "stages" / "reconstruction.json").read_text())["result"] == a

@@ -63,6 +63,13 @@ class RowCache:
         self._say(f"{len(self._done)}/{self.total} ({piece}) after {(time.perf_counter() - self._t0) / 60:.1f} min")
         return value
 
+    def file(self, piece: str, suffix: str) -> Path:
+        """Where a piece keeps what does not fit a JSON row (tensors for a figure): ``OUT/stages/<stage>.pieces/``,
+        named with the configuration hash so another configuration never reads it; removed with the rows."""
+        folder = self.path.with_name(self.path.name.replace(".rows.jsonl", ".pieces"))
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{piece.replace('/', '-')}-{self.key[:16]}{suffix}"
+
     def _say(self, text: str) -> None:
         print(f"    {self.label}: {text}", file=sys.stderr, flush=True)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 import tomllib
 from importlib import resources
@@ -110,6 +111,7 @@ def reproduce(dataset: str, out: str | Path, *, quick: bool = False, config: str
         ctx.results[stage.name] = result
         state.write_text(json.dumps({"hash": key, "seconds": seconds, "result": result}, indent=1))
         (out / "stages" / f"{stage.name}.rows.jsonl").unlink(missing_ok=True)  # its pieces are in the result now
+        shutil.rmtree(out / "stages" / f"{stage.name}.pieces", ignore_errors=True)
         console.print(f"    {stage.name} finished in {seconds / 60:.1f} min")
         if stop_after == stage.name:
             console.print(f"stopped after stage '{stage.name}' as asked; rerun to continue")

@@ -88,7 +88,7 @@ def _embeddings(ctx: Context) -> list[dict[str, Any]]:
 
 
 def _tradeoff(ctx: Context) -> list[dict[str, Any]]:
-    from privsplit.defenses.build import build_embedding, cached_siamese
+    from privsplit.defenses.build import build_embedding
     from privsplit.report.experiments import noise_tradeoff
     from privsplit.report.plots import plot_tradeoff
 
@@ -106,7 +106,7 @@ def _tradeoff(ctx: Context) -> list[dict[str, Any]]:
                 rows += done
                 continue
             if tuned is None:  # only built (or loaded) when a row of this layer still has to run
-                tuned = cached_siamese(ctx.run_dir, art, p.train, layer=layer, cfg=_siamese_cfg(c))
+                tuned = _tuned(ctx, art, p, layer)
             emb = build_embedding(kind, art.model, layer=layer, train=p.train, column=art.primary, sigma=1.0,
                                   tuned=tuned, noise_seed=c["seed"], progress=False)
             rows += cache.put(f"{layer}/{kind}", noise_tradeoff(
@@ -136,7 +136,6 @@ def _defences(ctx: Context) -> list[dict[str, Any]]:
     """Privsplit's defences beside the baselines of the zoo (docs/defences.md): each ``defences`` entry
     ("NAME:KNOB[:DIM]") built on the run's training split and audited like every embedding."""
     from privsplit.audit import audit_row
-    from privsplit.defenses.build import cached_siamese
     from privsplit.defenses.objectives import FinetuneConfig
     from privsplit.defenses.zoo import DEFENCES
     from privsplit.report.plots import plot_defences
@@ -148,7 +147,7 @@ def _defences(ctx: Context) -> list[dict[str, Any]]:
         return []
     art, p = ctx.run()
     layer = c["layers"][-1]
-    tuned = cached_siamese(ctx.run_dir, art, p.train, layer=layer, cfg=_siamese_cfg(c))
+    tuned = _tuned(ctx, art, p, layer)
     rows, cache, targets = [], ctx.pieces("defences", total=len(c["defences"])), ctx.attack_data().all
     for spec in c["defences"]:
         if (done := cache.get(spec)) is not None:
@@ -168,33 +167,62 @@ def _defences(ctx: Context) -> list[dict[str, Any]]:
 
 
 def _reconstruction(ctx: Context) -> list[dict[str, Any]]:
-    from privsplit.attacks.reconstruction import ReconConfig, ReconstructionAttack, save_reconstruction_grid
-    from privsplit.defenses.build import build_embedding, cached_siamese
+    """Fig. 11: a decoder per embedding. Each finished embedding is kept (its row, and its grid tensors in
+    a piece file), so an interrupted stage resumes at the next embedding."""
+    import torch
+
+    from privsplit.attacks.reconstruction import save_reconstruction_grid
 
     c = ctx.cfg
     if not c.get("recon_epochs"):
         return []
     art, p = ctx.run()
     layer = c["layers"][-1]
-    tuned = cached_siamese(ctx.run_dir, art, p.train, layer=layer, cfg=_siamese_cfg(c))
     show = p.attack.subset(range(0, len(p.attack), max(1, len(p.attack) // 8))[:8])
-    rows, grid, originals = [], {}, None
-    for kind in ("simple", "siamese", "advanced"):
-        emb = build_embedding(kind, art.model, layer=layer, train=p.train, column=art.primary, sigma=c["recon_sigma"],
-                              tuned=tuned, noise_seed=c["seed"], progress=False)
-        attack = ReconstructionAttack(emb, config=ReconConfig(epochs=c["recon_epochs"], seed=c["seed"])).fit(p.train)
-        res = attack.evaluate(p.attack, column=art.manifest["sensitive"], primary=art.primary)
-        originals, grid[kind] = attack.reconstructions(show)
-        rows.append({"embedding": kind, "layer": layer, **{k: f.value for k, f in res.figures.items()},
-                     **{f"{k}_ci95": list(f.ci95) for k, f in res.figures.items()}})
-        teacher = art.manifest.get("backbone", {}).get("teacher", "")
-        if "identity_match" in res.figures and teacher.startswith("dlib"):
-            # the model was trained to reproduce dlib's descriptors: dlib's verdict is no longer independent
-            rows[-1]["identity_match_note"] = "NOT independent: the backbone was distilled from dlib"
+    kinds = ("simple", "siamese", "advanced")
+    rows, grid, originals, tuned = [], {}, None, None
+    cache = ctx.pieces("reconstruction", total=len(kinds))
+    for kind in kinds:
+        tensors = cache.file(kind, ".pt")
+        if (done := cache.get(kind)) is None or not tensors.exists():
+            if tuned is None:
+                tuned = _tuned(ctx, art, p, layer)
+            row, pair = _reconstruct_one(ctx, art, p, kind, layer, tuned, show)
+            torch.save(pair, tensors)
+            done = cache.put(kind, row)
+        rows.append(done)
+        originals, grid[kind] = torch.load(tensors)
     save_reconstruction_grid(originals, grid, ctx.figure("fig_reconstruction.png"),
                              title=f"{layer} reconstructions of held-out people (first row: originals)")
     write_rows(ctx.figure("reconstruction"), rows)
     return rows
+
+
+def _tuned(ctx: Context, art: Any, p: Any, layer: str) -> Any:
+    """The run's Siamese fine-tuned model at ``layer`` (trained once, cached in the run folder)."""
+    from privsplit.defenses.build import cached_siamese
+
+    return cached_siamese(ctx.run_dir, art, p.train, layer=layer, cfg=_siamese_cfg(ctx.cfg))
+
+
+def _reconstruct_one(ctx: Context, art: Any, p: Any, kind: str, layer: str, tuned: Any,
+                     show: Any) -> tuple[dict[str, Any], tuple[Any, Any]]:
+    """Train the decoder on ``kind``'s features; its row and ``(originals, reconstructions)`` of ``show``."""
+    from privsplit.attacks.reconstruction import ReconConfig, ReconstructionAttack
+    from privsplit.defenses.build import build_embedding
+
+    c = ctx.cfg
+    emb = build_embedding(kind, art.model, layer=layer, train=p.train, column=art.primary, sigma=c["recon_sigma"],
+                          tuned=tuned, noise_seed=c["seed"], progress=False)
+    attack = ReconstructionAttack(emb, config=ReconConfig(epochs=c["recon_epochs"], seed=c["seed"])).fit(p.train)
+    res = attack.evaluate(p.attack, column=art.manifest["sensitive"], primary=art.primary)
+    row = {"embedding": kind, "layer": layer, **{k: f.value for k, f in res.figures.items()},
+           **{f"{k}_ci95": list(f.ci95) for k, f in res.figures.items()}}
+    teacher = art.manifest.get("backbone", {}).get("teacher", "")
+    if "identity_match" in res.figures and teacher.startswith("dlib"):
+        # the model was trained to reproduce dlib's descriptors: dlib's verdict is no longer independent
+        row["identity_match_note"] = "NOT independent: the backbone was distilled from dlib"
+    return row, attack.reconstructions(show)
 
 
 def _cost(ctx: Context) -> dict[str, Any]:
