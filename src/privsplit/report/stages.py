@@ -286,7 +286,9 @@ STAGES: list[Stage] = [
           ("layers", "siamese_epochs", "attack_epochs", "attack_restarts", "per_identity", "n_train", "attack_group",
            "seed", "audit_profile", "audit_seeds", "audit_options", "audit_attacks", "attack_head")),
     Stage("tradeoff", _tradeoff,
-          lambda c: len(c["tradeoff_layers"]) * 2 * len(c["sigmas"]) * c.get("audit_seeds", 1) * 0.45 * _scale(c),
+          # ~0.25 min per audit seed and sigma since the sigmas of a row share one feature cache: the full LFW
+          # stage's undisturbed rows took 4-5 min for 6 sigmas x 3 seeds (41.3 min for the stage, 2 rows shared)
+          lambda c: len(c["tradeoff_layers"]) * 2 * len(c["sigmas"]) * c.get("audit_seeds", 1) * 0.25 * _scale(c),
           ("tradeoff_layers", "sigmas", "tradeoff_transfer", "siamese_epochs", "attack_epochs", "per_identity",
            "n_train", "attack_group", "seed", "audit_seeds", "audit_options", "attack_restarts", "audit_attacks",
            "attack_head")),
