@@ -51,6 +51,8 @@ def test_config_defaults_and_quick():
     full, quick = load_config("lfw"), load_config("lfw", quick=True)
     assert full["layers"] == ["conv5_1", "conv5_2", "conv5_3"] and quick["layers"] == ["conv5_3"]
     assert quick["epochs"] < full["epochs"] and quick["quick"] and not full["quick"]
+    # LFW reports run on the identity-bearing backbone (the paper's path); CK+ keeps training from scratch
+    assert full["backbone"] == quick["backbone"] == "identity" and load_config("ckplus").get("backbone") is None
     with pytest.raises(ValueError, match=r"no \[imagenet\] table"):
         load_config("imagenet")
 
@@ -162,3 +164,21 @@ def test_interrupted_reconstruction_resumes_at_the_next_decoder(runs, monkeypatc
     assert (out / "figures" / "fig_reconstruction.png").exists()
     a = json.loads((root / "full" / "stages" / "reconstruction.json").read_text())["result"]
     assert json.loads((out / "stages" / "reconstruction.json").read_text())["result"] == a
+
+
+def test_reconstruction_section_says_when_dlib_is_not_independent(tmp_path):
+    """With a dlib-distilled backbone the rows carry a note, and the report must not call dlib independent."""
+    from types import SimpleNamespace
+
+    from privsplit.report.document import Document
+    from privsplit.report.render import _reconstruction
+
+    row = {"embedding": "simple", "layer": "conv5_3", "ssim": 0.5, "psnr": 16.0, "identity_match": 0.25}
+    texts = {}
+    for name, rows in {"scratch": [row], "distilled": [{**row, "identity_match_note": "NOT independent"}]}.items():
+        doc = Document("t")
+        _reconstruction(doc, SimpleNamespace(results={"reconstruction": rows}, figure=lambda n: tmp_path / n))
+        texts[name] = doc.markdown(tmp_path)
+    assert "independent recognizer's verdict" in texts["scratch"] and "NOT independent" not in texts["scratch"]
+    assert "dlib identity match (NOT independent)" in texts["distilled"]
+    assert "**not independent**" in texts["distilled"] and "independent recognizer's" not in texts["distilled"]
