@@ -184,14 +184,16 @@ def _reconstruction(ctx: Context) -> list[dict[str, Any]]:
     cache = ctx.pieces("reconstruction", total=len(kinds))
     for kind in kinds:
         tensors = cache.file(kind, ".pt")
-        if (done := cache.get(kind)) is None or not tensors.exists():
+        if (done := cache.get(kind)) is not None and tensors.exists():
+            pair = torch.load(tensors)
+        else:
             if tuned is None:
                 tuned = _tuned(ctx, art, p, layer)
             row, pair = _reconstruct_one(ctx, art, p, kind, layer, tuned, show)
             torch.save(pair, tensors)
             done = cache.put(kind, row)
         rows.append(done)
-        originals, grid[kind] = torch.load(tensors)
+        originals, grid[kind] = pair
     save_reconstruction_grid(originals, grid, ctx.figure("fig_reconstruction.png"),
                              title=f"{layer} reconstructions of held-out people (first row: originals)")
     write_rows(ctx.figure("reconstruction"), rows)
@@ -287,7 +289,7 @@ STAGES: list[Stage] = [
            "seed", "audit_profile", "audit_seeds", "audit_options", "audit_attacks", "attack_head")),
     Stage("tradeoff", _tradeoff,
           # ~0.25 min per audit seed and sigma since the sigmas of a row share one feature cache: the full LFW
-          # stage's undisturbed rows took 4-5 min for 6 sigmas x 3 seeds (41.3 min for the stage, 2 rows shared)
+          # stage's undisturbed rows took ~4 min for 6 sigmas x 3 seeds (41.3 min for the stage, 2 rows shared)
           lambda c: len(c["tradeoff_layers"]) * 2 * len(c["sigmas"]) * c.get("audit_seeds", 1) * 0.25 * _scale(c),
           ("tradeoff_layers", "sigmas", "tradeoff_transfer", "siamese_epochs", "attack_epochs", "per_identity",
            "n_train", "attack_group", "seed", "audit_seeds", "audit_options", "attack_restarts", "audit_attacks",
