@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -354,6 +355,40 @@ def test_micro_batcher_unit():
         batcher.submit(np.ones((1, 2)))
     with pytest.raises(ValueError, match="max_batch must be an integer >= 1"):
         MicroBatcher(fn, max_batch=0)
+
+
+def test_micro_batcher_sleeps_once_per_window_and_skips_it_when_full(monkeypatch):
+    """The worker sleeps the window out once per batch (no wake-up per arriving request), takes what
+    arrived meanwhile, and does not wait at all when the requests already queued fill the batch."""
+    from privsplit.runtime import batching
+    from privsplit.runtime.batching import MicroBatcher
+
+    real_sleep, naps = time.sleep, []
+    monkeypatch.setattr(batching.time, "sleep", lambda s: (naps.append(s), real_sleep(s)))
+    gate, entered, calls = threading.Event(), threading.Event(), []
+
+    def fn(x: np.ndarray):
+        entered.set()
+        gate.wait(5)
+        calls.append(len(x))
+        return (x,)
+
+    with MicroBatcher(fn, max_batch=4, max_delay_ms=300) as batcher:
+        futs = [batcher.submit(np.ones((1, 1)))]
+        real_sleep(0.05)  # the worker is asleep in the first request's window
+        futs += [batcher.submit(np.ones((1, 1))) for _ in range(2)]
+        gate.set()
+        [f.result(5) for f in futs]
+        assert calls == [3] and len(naps) == 1 and 0.2 < naps[0] <= 0.3
+        gate.clear(), entered.clear()
+        blocker = batcher.submit(np.ones((1, 1)))  # sleeps its window, then blocks in fn
+        assert entered.wait(5)
+        full = [batcher.submit(np.ones((2, 1))) for _ in range(2)]  # queued behind it: a full batch of 4 rows
+        gate.set()
+        t0 = time.monotonic()
+        [f.result(5) for f in (blocker, *full)]
+        assert calls == [3, 1, 4] and len(naps) == 2  # no window for the full batch
+        assert time.monotonic() - t0 < 0.2
 
 
 def test_metrics_text_format():
