@@ -45,7 +45,8 @@ def serve(
     api_key_file: Path = typer.Option(None, help="File with one accepted API key per line (also: "
                                                  "$PRIVSPLIT_API_KEYS, comma-separated)."),
     max_batch: int = typer.Option(32, min=1, help="Most rows merged into one analyzer call."),
-    max_delay_ms: float = typer.Option(2.0, min=0.0, help="How long a batch waits for more requests after its first (not when already full)."),
+    max_delay_ms: float = typer.Option(2.0, min=0.0, help="How long a batch waits for more requests after its "
+                                       "first (not when already full)."),
     max_body_bytes: int = typer.Option(DEFAULT_MAX_BODY_BYTES, min=1, help="Larger request bodies get 413."),
     ssl_keyfile: str = typer.Option(None, help="TLS private key (PEM), passed to uvicorn."),
     ssl_certfile: str = typer.Option(None, help="TLS certificate chain (PEM), passed to uvicorn."),
