@@ -339,7 +339,7 @@ def render(args, raw: dict[int, float], serve_rows: dict[str, list], wire: list,
 
 def paired_runs(mine: dict, theirs: dict) -> str:
     """Each interleaved run at one level: req/s ratio and whether our p99 was the lower, and the counts."""
-    pairs = list(zip(mine.get("rps_runs", []), theirs.get("rps_runs", []), mine["p99_runs"], theirs["p99_runs"]))
+    pairs = list(zip(mine["rps_runs"], theirs["rps_runs"], mine["p99_runs"], theirs["p99_runs"]))
     ratios = ", ".join(f"{a / b:.2f}x" for a, b, _, _ in pairs)
     fast = sum(a >= 1.2 * b for a, b, _, _ in pairs)
     tail = sum(pa <= pb for _, _, pa, pb in pairs)

@@ -154,18 +154,14 @@ class MicroBatcher:
         return self.submit(x).result(timeout)
 
     # ------------------------------------------------------------------ worker
-    def _next(self, timeout: float | None) -> object:
+    def _next(self, block: bool) -> object:
         if self._pending is not None:
             item, self._pending = self._pending, None
             return item
-        if timeout is None:
-            return self._queue.get()
-        if timeout <= 0:
-            return self._queue.get_nowait()
-        return self._queue.get(timeout=timeout)
+        return self._queue.get() if block else self._queue.get_nowait()
 
     def _collect(self) -> tuple[list[_Item], bool]:
-        first = self._next(None)
+        first = self._next(True)
         if first is _STOP:
             return [], True
         assert isinstance(first, _Item)
@@ -180,7 +176,7 @@ class MicroBatcher:
         """Move queued requests into ``batch`` while they fit (the first that does not becomes pending)."""
         while rows < self.max_batch:
             try:
-                nxt = self._next(0)
+                nxt = self._next(False)
             except queue.Empty:
                 break
             if nxt is _STOP or (isinstance(nxt, _Item) and rows + nxt.x.shape[0] > self.max_batch):
