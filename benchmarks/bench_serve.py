@@ -343,7 +343,8 @@ def paired_runs(mine: dict, theirs: dict) -> str:
     ratios = ", ".join(f"{a / b:.2f}x" for a, b, _, _ in pairs)
     fast = sum(a >= 1.2 * b for a, b, _, _ in pairs)
     tail = sum(pa <= pb for _, _, pa, pb in pairs)
-    return (f"per run at 64 {ratios}: >= 1.2x in {fast} of {len(pairs)}, p99 no worse in {tail} of {len(pairs)}")
+    return (f"per run at {mine['concurrency']} {ratios}: >= 1.2x in {fast} of {len(pairs)}, "
+            f"p99 no worse in {tail} of {len(pairs)}")
 
 
 def acceptance(serve_rows: dict[str, list]) -> list[str]:

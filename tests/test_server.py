@@ -380,7 +380,8 @@ def test_micro_batcher_sleeps_once_per_window_and_skips_it_when_full(monkeypatch
         gate.set()
         [f.result(5) for f in futs]
         assert calls == [3] and len(naps) == 1 and 0.2 < naps[0] <= 0.3
-        gate.clear(), entered.clear()
+        gate.clear()
+        entered.clear()
         blocker = batcher.submit(np.ones((1, 1)))  # sleeps its window, then blocks in fn
         assert entered.wait(5)
         full = [batcher.submit(np.ones((2, 1))) for _ in range(2)]  # queued behind it: a full batch of 4 rows
