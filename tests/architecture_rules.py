@@ -58,10 +58,11 @@ LAYERS: dict[str, tuple[frozenset[str], str]] = {
             "the top: one module per command wiring the layers together; nothing imports it"),
 }
 
-#: the service's modules: the REST server, Triton, and (being split out on the serving branch) the shared
-#: service, its routes, the gRPC server and the worker processes
+#: the service's modules: the REST server, Triton, the shared service, its routes, the gRPC servers (both
+#: engines) and the worker processes
 SERVICE = ("privsplit.runtime.server", "privsplit.runtime.triton", "privsplit.runtime.service",
-           "privsplit.runtime.routes", "privsplit.runtime.grpc_server", "privsplit.runtime.workers")
+           "privsplit.runtime.routes", "privsplit.runtime.grpc_server", "privsplit.runtime.grpc_native",
+           "privsplit.runtime.workers")
 
 #: What the device client must never load (itself or through anything it imports). Also checked at run
 #: time: ``import privsplit.runtime.client`` in a fresh interpreter must leave none of these in sys.modules.

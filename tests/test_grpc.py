@@ -1,11 +1,14 @@
 """OIP v2 over gRPC: tritonclient.grpc interop, Client(protocol="grpc"), status codes, shared state."""
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
 
-from grpc_support import RawGrpc, grpc, running_both
+from grpc_support import ENGINES, RawGrpc, grpc, running_both
 from runtime_support import (  # noqa: F401 - bundles, model, pair: shared module fixtures
     API_KEY, Raw, analyze, bundles, client_bundle, face_images, model, pair, reference, seeded_client_bundle,
     server_bundle,
@@ -20,9 +23,15 @@ from privsplit.runtime.wire import InferRequest, InferTensor
 tg = pytest.importorskip("tritonclient.grpc", reason="needs tritonclient[grpc] (the dev extra)")
 
 
+@pytest.fixture(scope="module", params=ENGINES)
+def engine(request):
+    """Every test here runs on each gRPC engine: the same calls, statuses and messages."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def servers(pair):
-    with running_both(server_bundle(pair[1])) as both:
+def servers(pair, engine):
+    with running_both(server_bundle(pair[1]), engine=engine) as both:
         yield both
 
 
@@ -74,8 +83,8 @@ def test_client_over_grpc_matches_rest_and_pipeline(servers, pair):
     client.close()
 
 
-def test_api_keys_and_embedding_check(pair, bundles):
-    with running_both(server_bundle(pair[1]), api_keys=[API_KEY]) as (_, g):
+def test_api_keys_and_embedding_check(pair, bundles, engine):
+    with running_both(server_bundle(pair[1]), api_keys=[API_KEY], engine=engine) as (_, g):
         x = np.zeros((1, 4), np.float32)
         for key in (None, "wrong-key-123456"):
             with pytest.raises(ClientError) as err:
@@ -109,11 +118,11 @@ class _Flaky(torch.nn.Module):
         return self.inner(x)
 
 
-def test_internal_retried_with_same_id_and_generic_message(pair, caplog):
+def test_internal_retried_with_same_id_and_generic_message(pair, caplog, engine):
     bundle = load_server_bundle(pair[1])
     bundle.analyzer = _Flaky(bundle.analyzer, 2)
     x = np.random.default_rng(2).normal(size=(2, 4)).astype(np.float32)
-    with running_both(bundle) as (rest, g):
+    with running_both(bundle, engine=engine) as (rest, g):
         client = Client(client_bundle(pair[0]), g.target, protocol="grpc", retries=3, backoff=0.01)
         np.testing.assert_allclose(np.stack([p.probabilities for p in client.infer_features(x)]),
                                    analyze(pair[1], x), atol=1e-6)
@@ -135,8 +144,8 @@ def test_internal_retried_with_same_id_and_generic_message(pair, caplog):
         raw.close()
 
 
-def test_shutting_down_is_unavailable(pair):
-    with running_both(server_bundle(pair[1])) as (_, g):
+def test_shutting_down_is_unavailable(pair, engine):
+    with running_both(server_bundle(pair[1]), engine=engine) as (_, g):
         triton = tg.InferenceServerClient(g.target)
         g.service.stop()
         assert not triton.is_server_ready()
@@ -149,9 +158,50 @@ def test_shutting_down_is_unavailable(pair):
         assert triton.is_server_ready()
 
 
-def test_message_over_limit_is_resource_exhausted(pair):
-    with running_both(server_bundle(pair[1]), max_body_bytes=4096) as (_, g):
+def test_message_over_limit_is_resource_exhausted(pair, engine):
+    with running_both(server_bundle(pair[1]), max_body_bytes=4096, engine=engine) as (_, g):
         big = np.zeros((2000, 4), np.float32)  # 32 KB of raw contents
         with pytest.raises(ClientError) as err:
             Client(client_bundle(pair[0]), g.target, protocol="grpc", batch_size=4096).infer_features(big)
         assert err.value.status == 413 and "RESOURCE_EXHAUSTED" in err.value.message
+
+
+@pytest.fixture
+def slow_native(pair):
+    """The native engine with a 300 ms batch window: calls wait long enough to be cancelled or drained."""
+    pytest.importorskip("pygrpc_native", reason="the native gRPC engine needs the grpc-native extra")
+    with running_both(server_bundle(pair[1]), max_delay_ms=300.0, engine="native") as (_, g):
+        yield g
+
+
+def _infer_body(model: str, rows: int = 1) -> bytes:
+    x = np.random.default_rng(rows).normal(size=(rows, 4)).astype(np.float32)
+    return request_to_proto(InferRequest(inputs=[InferTensor.from_numpy("features", x)]), model).SerializeToString()
+
+
+def test_native_cancelled_call_is_dropped_before_the_analyzer(slow_native, pair):
+    """A call whose deadline passes while it waits for its batch is taken off the batcher (nothing runs)."""
+    g = slow_native
+    rpc = RawGrpc(g.target).channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    with pytest.raises(grpc.RpcError) as err:
+        rpc(_infer_body(server_bundle(pair[1]).model_name), timeout=0.05)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    time.sleep(0.6)  # the batch window has passed: had the call stayed queued, it would have run by now
+    assert g._pending == {}  # noqa: SLF001 - the server forgot the call
+    assert parse_prometheus("\n".join(g.service.metrics.batch_size.render()))["privsplit_batch_size_count"] == 0
+
+
+def test_native_stop_drains_calls_in_flight_and_refuses_new_ones(slow_native, pair):
+    g, model = slow_native, server_bundle(pair[1]).model_name
+    raw, answers = RawGrpc(g.target), []
+    caller = threading.Thread(target=lambda: answers.append(raw("ModelInfer", _infer_body(model))))
+    caller.start()
+    time.sleep(0.1)  # the call waits in the 300 ms batch window
+    stopper = threading.Thread(target=g.stop)
+    stopper.start()
+    time.sleep(0.05)
+    late = raw("ModelInfer", _infer_body(model, 2))
+    caller.join(5)
+    stopper.join(10)
+    assert answers[0][0] == grpc.StatusCode.OK and len(pb.ModelInferResponse.FromString(answers[0][2]).outputs) == 2
+    assert late[0] == grpc.StatusCode.UNAVAILABLE and "shutting down" in late[1]

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from grpc_support import RawGrpc, grpc, running_both
+from grpc_support import ENGINES, RawGrpc, grpc, running_both
 from runtime_support import Raw, analyze, build_bundles, server_bundle
 
 from privsplit.runtime.grpc_wire import pb
@@ -19,10 +19,10 @@ DATATYPES = ["BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "UINT64", "FP64
 ALLOWED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+@pytest.fixture(scope="module", params=ENGINES)
+def setup(tmp_path_factory, request):
     pair = build_bundles(tmp_path_factory.mktemp("bundles"))[0]
-    with running_both(server_bundle(pair[1]), max_body_bytes=LIMIT) as (rest, g):
+    with running_both(server_bundle(pair[1]), max_body_bytes=LIMIT, engine=request.param) as (rest, g):
         yield pair, rest, g
 
 

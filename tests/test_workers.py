@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("grpc", reason="needs the grpc extra")
+from grpc_support import ENGINES  # noqa: E402
 from runtime_support import build_bundles, client_bundle, free_port  # noqa: E402
 
 from privsplit.runtime.client import Client  # noqa: E402
@@ -60,10 +61,11 @@ def _cluster(server_dir: Path, extra: str = ""):
             proc.kill()
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+@pytest.fixture(scope="module", params=ENGINES)
+def cluster(tmp_path_factory, request):
+    """Two workers on each gRPC engine (the load test's acceptance holds for both)."""
     client_dir, server_dir = build_bundles(tmp_path_factory.mktemp("bundles"))[0]
-    with _cluster(server_dir) as (proc, url, grpc_port):
+    with _cluster(server_dir, f", grpc_engine={request.param!r}") as (proc, url, grpc_port):
         yield proc, url, f"grpc://127.0.0.1:{grpc_port}", Path(client_dir)
 
 
@@ -172,3 +174,5 @@ def test_cli_grpc_workers_needs_grpc_port_and_at_most_workers(tmp_path):
     assert res.exit_code != 0 and "--grpc-workers needs --grpc-port" in res.output
     res = runner.invoke(app, ["serve", str(tmp_path), "--grpc-port", "0", "--workers", "2", "--grpc-workers", "3"])
     assert res.exit_code != 0 and "--grpc-workers (3) cannot exceed --workers (2)" in res.output
+    res = runner.invoke(app, ["serve", str(tmp_path), "--grpc-port", "0", "--grpc-engine", "rust"])
+    assert res.exit_code != 0 and "unknown gRPC engine 'rust'; choose one of grpcio, native" in res.output

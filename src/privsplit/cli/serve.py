@@ -42,6 +42,8 @@ def serve(
     grpc_workers: int = typer.Option(0, min=0, help="How many of the workers also serve gRPC (0 = all). gRPC's "
                                                     "C core uses threads of its own, so on small machines fewer "
                                                     "gRPC workers cut the tail (docs/runtime.md)."),
+    grpc_engine: str = typer.Option("grpcio", help="gRPC engine: grpcio | native (pygrpc-native: HTTP/2 in Rust "
+                                    "outside the GIL, the grpc-native extra; no TLS; docs/runtime.md)."),
     api_key_file: Path = typer.Option(None, help="File with one accepted API key per line (also: "
                                                  "$PRIVSPLIT_API_KEYS, comma-separated)."),
     max_batch: int = typer.Option(32, min=1, help="Most rows merged into one analyzer call."),
@@ -75,7 +77,7 @@ def serve(
         raise ValueError(f"--grpc-workers ({grpc_workers}) cannot exceed --workers ({workers})")
     if grpc_port is not None and grpc_port == port and port != 0:
         raise ValueError(f"--grpc-port must differ from --port (both {port})")
-    load_api_keys, run_server = _server_functions(grpc=grpc_port is not None)
+    load_api_keys, run_server = _server_functions(grpc=grpc_port is not None, engine=grpc_engine)
     from privsplit.defenses.bundles import load_server_bundle
 
     keys = load_api_keys(api_key_file)
@@ -88,10 +90,11 @@ def serve(
                host=host, port=port, api_keys=keys, max_batch=max_batch, max_delay_ms=max_delay_ms,
                max_body_bytes=max_body_bytes, ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile,
                log_level=log_level, access_log=access_log, torch_threads=threads or None, http=http, loop=loop,
-               grpc_port=grpc_port, workers=workers, grpc_workers=grpc_workers or None, configure=configure)
+               grpc_port=grpc_port, workers=workers, grpc_workers=grpc_workers or None, grpc_engine=grpc_engine,
+               configure=configure)
 
 
-def _server_functions(*, grpc: bool) -> tuple[Any, Any]:
+def _server_functions(*, grpc: bool, engine: str = "grpcio") -> tuple[Any, Any]:
     """``(load_api_keys, serve)`` from the serving runtime; a clear error naming the extra when it is missing."""
     try:
         from privsplit.runtime.server import load_api_keys
@@ -100,9 +103,10 @@ def _server_functions(*, grpc: bool) -> tuple[Any, Any]:
         raise ValueError(f"`privsplit serve` needs the serve extra ({exc}): pip install 'privsplit[serve]'") from None
     if grpc:
         try:
-            import privsplit.runtime.grpc_server  # noqa: F401
+            from privsplit.runtime.grpc_server import grpc_server_class
         except ImportError as exc:
             raise ValueError(f"--grpc-port needs the grpc extra ({exc}): pip install 'privsplit[grpc]'") from None
+        grpc_server_class(engine)  # unknown or not installed: say so before loading anything
     return load_api_keys, run_server
 
 

@@ -30,7 +30,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any
 
 import grpc
@@ -38,50 +38,58 @@ import grpc
 from privsplit.runtime.auth import KeyCheck
 from privsplit.runtime.grpc_wire import SERVICE_NAME, STATUS_CODES, pb, request_from_proto, response_to_proto
 from privsplit.runtime.service import INTERNAL_ERROR, AnalyzerService, ServiceError
-from privsplit.runtime.wire import WireError
+from privsplit.runtime.wire import InferRequest, InferResponse, WireError
 
-__all__ = ["GrpcServer", "STATUS_CODES", "SERVICE_NAME"]
+__all__ = ["GrpcServer", "GrpcCalls", "GRPC_ENGINES", "grpc_server_class", "STATUS_CODES", "SERVICE_NAME"]
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
 log = logging.getLogger("privsplit.serve")
 
 
-class _Servicer:
-    """The six RPCs; each raises :class:`ServiceError`, which :meth:`wrap` turns into a status."""
+class GrpcCalls:
+    """The six RPCs, whichever gRPC engine carries them (:class:`GrpcServer` or
+    :class:`~privsplit.runtime.grpc_native.NativeGrpcServer`); each raises :class:`ServiceError`."""
+
+    #: RPC name -> (request message type, metrics endpoint, needs an API key)
+    RPCS: dict[str, tuple[Any, str, bool]] = {
+        "ServerLive": (pb.ServerLiveRequest, "grpc_health", False),
+        "ServerReady": (pb.ServerReadyRequest, "grpc_health", False),
+        "ModelReady": (pb.ModelReadyRequest, "grpc_health", False),
+        "ServerMetadata": (pb.ServerMetadataRequest, "grpc_server", True),
+        "ModelMetadata": (pb.ModelMetadataRequest, "grpc_model", True),
+        "ModelInfer": (pb.ModelInferRequest, "grpc_infer", True),
+    }
 
     def __init__(self, service: AnalyzerService, check_key: KeyCheck) -> None:
         self.service, self.check_key = service, check_key
 
-    def _auth(self, context: Any) -> None:
-        self.check_key({k.lower(): v for k, v in context.invocation_metadata() or ()})
+    def authorize(self, name: str, metadata: Iterable[tuple[str, Any]] | None) -> None:
+        """401 unless ``name`` needs no key or the metadata pairs carry an accepted one."""
+        if self.RPCS[name][2] and self.check_key.keys:
+            self.check_key({k.lower(): v for k, v in metadata or ()})
 
-    async def ServerLive(self, request: Any, context: Any) -> Any:  # noqa: N802 - the RPC names
-        return pb.ServerLiveResponse(live=True)
-
-    async def ServerReady(self, request: Any, context: Any) -> Any:  # noqa: N802
-        return pb.ServerReadyResponse(ready=self.service.ready)
-
-    async def ModelReady(self, request: Any, context: Any) -> Any:  # noqa: N802
-        self.service.check_model(request.name, request.version)
-        return pb.ModelReadyResponse(ready=self.service.ready)
-
-    async def ServerMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
-        self._auth(context)
-        meta = self.service.server_metadata()
-        return pb.ServerMetadataResponse(name=meta.name, version=meta.version, extensions=meta.extensions)
-
-    async def ModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
-        self._auth(context)
-        self.service.check_model(request.name, request.version)
-        meta = self.service.metadata()
+    def answer(self, name: str, request: Any) -> Any:
+        """The response message of every RPC but ModelInfer."""
+        service = self.service
+        if name == "ServerLive":
+            return pb.ServerLiveResponse(live=True)
+        if name == "ServerReady":
+            return pb.ServerReadyResponse(ready=service.ready)
+        if name == "ServerMetadata":
+            meta = service.server_metadata()
+            return pb.ServerMetadataResponse(name=meta.name, version=meta.version, extensions=meta.extensions)
+        service.check_model(request.name, request.version)
+        if name == "ModelReady":
+            return pb.ModelReadyResponse(ready=service.ready)
+        meta = service.metadata()
         tensors = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=meta.name, versions=meta.versions, platform=meta.platform,
             inputs=[tensors(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.inputs],
             outputs=[tensors(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.outputs])
 
-    async def ModelInfer(self, body: bytes, context: Any) -> bytes:  # noqa: N802 - raw bytes in and out
-        self._auth(context)
+    def parse_infer(self, body: bytes) -> tuple[InferRequest, Hashable | None]:
+        """A ModelInfer message's request and its idempotency key (None without a request id)."""
         try:
             msg = pb.ModelInferRequest.FromString(body)
         except Exception:  # noqa: BLE001 - protobuf's DecodeError and friends
@@ -91,8 +99,27 @@ class _Servicer:
             req = request_from_proto(msg)
         except WireError as exc:
             raise ServiceError(400, str(exc)) from None
-        key = None if req.id is None else ("grpc", req.id, hashlib.sha256(body).digest())
-        return await self.service.infer_encoded(req, key, lambda r: response_to_proto(r).SerializeToString())
+        return req, None if req.id is None else ("grpc", req.id, hashlib.sha256(body).digest())
+
+    @staticmethod
+    def encode(resp: InferResponse) -> bytes:
+        return response_to_proto(resp).SerializeToString()
+
+
+def _rpc(calls: GrpcCalls, name: str) -> Handler:
+    """The grpc.aio handler of one RPC: ModelInfer takes raw bytes (parsed by :meth:`GrpcCalls.parse_infer`,
+    so a garbled message is INVALID_ARGUMENT, not INTERNAL), the others their request message."""
+    if name == "ModelInfer":
+        async def infer(body: bytes, context: Any) -> bytes:
+            calls.authorize(name, context.invocation_metadata())
+            req, key = calls.parse_infer(body)
+            return await calls.service.infer_encoded(req, key, calls.encode)
+        return infer
+
+    async def unary(request: Any, context: Any) -> Any:
+        calls.authorize(name, context.invocation_metadata())
+        return calls.answer(name, request)
+    return unary
 
 
 def _wrap(rpc: Handler, endpoint: str, metrics: Any) -> Handler:
@@ -118,23 +145,15 @@ def _wrap(rpc: Handler, endpoint: str, metrics: Any) -> Handler:
     return call
 
 
-_ENDPOINTS = {"ServerLive": "grpc_health", "ServerReady": "grpc_health", "ModelReady": "grpc_health",
-              "ServerMetadata": "grpc_server", "ModelMetadata": "grpc_model", "ModelInfer": "grpc_infer"}
-_TYPES = {"ServerLive": pb.ServerLiveRequest, "ServerReady": pb.ServerReadyRequest,
-          "ModelReady": pb.ModelReadyRequest, "ServerMetadata": pb.ServerMetadataRequest,
-          "ModelMetadata": pb.ModelMetadataRequest}
-
-
 def _handler(service: AnalyzerService, check_key: KeyCheck) -> grpc.GenericRpcHandler:
-    servicer = _Servicer(service, check_key)
-    handlers = {}
-    for name, endpoint in _ENDPOINTS.items():
-        rpc = _wrap(getattr(servicer, name), endpoint, service.metrics)
-        if name == "ModelInfer":  # parsed by the servicer: a garbled message is INVALID_ARGUMENT, not INTERNAL
+    calls, handlers = GrpcCalls(service, check_key), {}
+    for name, (kind, endpoint, _) in GrpcCalls.RPCS.items():
+        rpc = _wrap(_rpc(calls, name), endpoint, service.metrics)
+        if name == "ModelInfer":
             handlers[name] = grpc.unary_unary_rpc_method_handler(rpc)
         else:
             handlers[name] = grpc.unary_unary_rpc_method_handler(
-                rpc, request_deserializer=_TYPES[name].FromString, response_serializer=lambda m: m.SerializeToString())
+                rpc, request_deserializer=kind.FromString, response_serializer=lambda m: m.SerializeToString())
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
 
@@ -209,3 +228,25 @@ class GrpcServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+#: ``privsplit serve --grpc-engine`` name -> (module, class, the extra it needs)
+GRPC_ENGINES = {"grpcio": ("privsplit.runtime.grpc_server", "GrpcServer", "grpc"),
+                "native": ("privsplit.runtime.grpc_native", "NativeGrpcServer", "grpc-native")}
+
+
+def grpc_server_class(engine: str) -> type:
+    """The gRPC server class of ``engine`` (see :data:`GRPC_ENGINES`); a clear error when unknown or not installed."""
+    import importlib
+
+    if engine not in GRPC_ENGINES:
+        raise ValueError(f"unknown gRPC engine {engine!r}; choose one of {', '.join(GRPC_ENGINES)}")
+    module, name, extra = GRPC_ENGINES[engine]
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        if engine == "native":
+            importlib.import_module("pygrpc_native")
+    except ImportError as exc:
+        raise ValueError(f"gRPC engine {engine!r} needs the {extra} extra ({exc}): "
+                         f"pip install 'privsplit[{extra}]'") from None
+    return cls

@@ -104,13 +104,15 @@ def serve(bundle: ServerBundle | str | Path, *, host: str = "127.0.0.1", port: i
           ssl_certfile: str | None = None, log_level: str = "info", access_log: bool = False,
           torch_threads: int | None = None, http: str = "auto", loop: str = "auto",
           grpc_port: int | None = None, workers: int = 1, grpc_workers: int | None = None,
-          metrics_dir: str | Path | None = None,
+          grpc_engine: str = "grpcio", metrics_dir: str | Path | None = None,
           reuse_port: bool = False, configure: Callable[[FastAPI], object] | None = None) -> None:
     """Serve ``bundle`` until interrupted (``privsplit serve`` calls this): REST on ``port`` and, with
     ``grpc_port``, gRPC beside it, both calling one :class:`AnalyzerService`.
 
     ``workers > 1`` hands over to :func:`privsplit.runtime.workers.serve_workers` (N processes on
-    the same ports; gRPC on the first ``grpc_workers`` of them, default all). ``http``/``loop`` are uvicorn's: ``auto`` takes httptools and uvloop when
+    the same ports; gRPC on the first ``grpc_workers`` of them, default all). ``grpc_engine`` is a name of
+    :data:`~privsplit.runtime.grpc_server.GRPC_ENGINES` (``native`` takes grpcio's Python layer out of
+    each call; see :mod:`privsplit.runtime.grpc_native`). ``http``/``loop`` are uvicorn's: ``auto`` takes httptools and uvloop when
     installed (faster), else h11 and asyncio. ``metrics_dir`` and ``reuse_port`` are set by the
     worker supervisor. ``configure(app)`` runs on each process's app before it serves (e.g. the
     browser page's :func:`privsplit.runtime.ui.mount_ui`); with workers it must pickle (a
@@ -121,10 +123,14 @@ def serve(bundle: ServerBundle | str | Path, *, host: str = "127.0.0.1", port: i
     if (ssl_keyfile is None) != (ssl_certfile is None):
         raise ValueError("TLS needs both --ssl-keyfile and --ssl-certfile")
     keys = load_api_keys() if api_keys is None else list(api_keys)
+    if grpc_port is not None:
+        from privsplit.runtime.grpc_server import grpc_server_class
+
+        grpc_server_class(grpc_engine)  # an unknown or missing engine fails here, before any worker starts
     options = dict(host=host, port=port, api_keys=keys, max_batch=max_batch, max_delay_ms=max_delay_ms,
                    max_body_bytes=max_body_bytes, ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile,
                    log_level=log_level, access_log=access_log, torch_threads=torch_threads, http=http, loop=loop,
-                   grpc_port=grpc_port, configure=configure)
+                   grpc_port=grpc_port, grpc_engine=grpc_engine, configure=configure)
     if workers > 1:
         serve_workers(bundle, serve_one=serve, workers=workers, grpc_workers=grpc_workers, **options)
         return
@@ -139,10 +145,10 @@ def serve(bundle: ServerBundle | str | Path, *, host: str = "127.0.0.1", port: i
         configure(app)
     grpc_server = None
     if grpc_port is not None:
-        from privsplit.runtime.grpc_server import GrpcServer
+        from privsplit.runtime.grpc_server import grpc_server_class
 
-        grpc_server = GrpcServer(service, api_keys=keys, host=host, port=grpc_port,
-                                 max_message_bytes=max_body_bytes).start()
+        grpc_server = grpc_server_class(grpc_engine)(service, api_keys=keys, host=host, port=grpc_port,
+                                                     max_message_bytes=max_body_bytes).start()
     config = uvicorn.Config(app, ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile, log_level=log_level,
                             access_log=access_log, timeout_graceful_shutdown=10, http=http, loop=loop)
     freeze_startup_objects()

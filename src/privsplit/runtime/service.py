@@ -15,6 +15,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -225,12 +226,30 @@ class AnalyzerService:
         """Run validated features through the batcher; 503 when shutting down, a generic 500 on failure."""
         try:
             probs, index = await self.batcher.submit_async(x)
-        except BatcherClosed as exc:
-            raise ServiceError(503, str(exc)) from None
-        except Exception:
-            log.exception("analyzer failed on a batch holding a request of %d row(s)", x.shape[0])
-            raise ServiceError(500, INTERNAL_ERROR) from None
+        except Exception as exc:  # noqa: BLE001 - turned into the caller's status (CancelledError passes)
+            raise self._failure(exc, x.shape[0]) from None
         return probs, index
+
+    def _failure(self, exc: BaseException, rows: int) -> ServiceError:
+        """The caller's view of a failed analyzer call: 503 when shutting down, else a generic 500 (logged)."""
+        if isinstance(exc, BatcherClosed):
+            return ServiceError(503, str(exc))
+        log.error("analyzer failed on a batch holding a request of %d row(s)", rows, exc_info=exc)
+        return ServiceError(500, INTERNAL_ERROR)
+
+    def _begin(self, req: InferRequest, key: Hashable | None) -> tuple[np.ndarray, Any]:
+        """Validated features and the cached answer to a retry (None when there is none)."""
+        x = self.prepare(req)
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.metrics.duplicates.inc()
+        return x, hit
+
+    def _finish(self, req: InferRequest, key: Hashable | None, outputs: tuple[np.ndarray, np.ndarray],
+                encode: Callable[[InferResponse], T]) -> T:
+        out = encode(self.response(req, *outputs))
+        self.cache.put(key, out)
+        return out
 
     async def infer_encoded(self, req: InferRequest, key: Hashable | None,
                             encode: Callable[[InferResponse], T]) -> T:
@@ -238,15 +257,45 @@ class AnalyzerService:
 
         ``key`` identifies the request including its bytes and wire format (None: not cached).
         """
-        x = self.prepare(req)
-        hit = self.cache.get(key)
+        x, hit = self._begin(req, key)
         if hit is not None:
-            self.metrics.duplicates.inc()
             return hit
-        probs, index = await self.predict(x)
-        out = encode(self.response(req, probs, index))
-        self.cache.put(key, out)
-        return out
+        return self._finish(req, key, await self.predict(x), encode)
+
+    def infer_then(self, req: InferRequest, key: Hashable | None, encode: Callable[[InferResponse], T],
+                   done: Callable[[T | None, ServiceError | None], None]) -> Future | None:
+        """:meth:`infer_encoded` for front ends without an event loop: calls ``done(answer, None)`` or
+        ``done(None, error)`` once, from the batcher's thread (at once for a cached answer).
+
+        Validation errors are raised here, before anything is queued. Returns the batcher's future
+        (cancel it when the caller goes away, and the request is dropped if not yet running), or
+        None for a cached answer. ``done`` must not block: it runs on the batcher's thread.
+        """
+        x, hit = self._begin(req, key)
+        if hit is not None:
+            done(hit, None)
+            return None
+
+        def settle(fut: Future) -> None:
+            if fut.cancelled():
+                return
+            exc = fut.exception()
+            if exc is not None:
+                done(None, self._failure(exc, x.shape[0]))
+                return
+            try:
+                out = self._finish(req, key, fut.result(), encode)
+            except Exception as err:  # noqa: BLE001 - an encoding bug is a generic 500, as on the event loops
+                done(None, self._failure(err, x.shape[0]))
+                return
+            done(out, None)
+
+        try:
+            future = self.batcher.submit(x)
+        except BatcherClosed as exc:
+            raise self._failure(exc, x.shape[0]) from None
+        future.add_done_callback(settle)
+        return future
 
     def infer(self, req: InferRequest) -> InferResponse:
         """Synchronous in-process inference through the batcher (validation included)."""
