@@ -168,10 +168,10 @@ def running(specs: list[tuple], env: dict[str, str], model: str):
     """
     procs = []
     try:
-        for _name, cmd, ports, _ours in specs:
+        for _name, cmd, *_ in specs:
             procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                           start_new_session=True))
-        for proc, (_name, _cmd, ports, _ours) in zip(procs, specs):
+        for proc, (_name, _cmd, ports, *_) in zip(procs, specs):
             wait_ready(f"http://127.0.0.1:{ports['rest']}", model, proc)
         time.sleep(3.0)  # with several workers, let the last ones finish loading before the clock runs
         yield procs
@@ -191,10 +191,11 @@ def bench_run(specs: list[tuple], env: dict[str, str], model: str, bodies, args)
     out: dict[str, list[dict[str, float]]] = {}
     with running(specs, env, model) as procs:
         for kind in ("rest", "grpc"):
-            for (name, _cmd, ports, _ours) in specs:  # warm-up
+            measured = [(proc, spec) for proc, spec in zip(procs, specs) if kind in spec[4]]
+            for _proc, (name, _cmd, ports, _ours, _kinds) in measured:  # warm-up
                 run_load(kind, ports[kind], model, bodies[kind], 4, 1.0, args.load_procs)
             for c in args.level_list:
-                for proc, (name, _cmd, ports, ours) in zip(procs, specs):
+                for proc, (name, _cmd, ports, ours, _kinds) in measured:
                     label = f"{name}, {'REST' if kind == 'rest' else 'gRPC'}"
                     res = measure(kind, ports[kind], model, bodies[kind], c, args, proc.pid,
                                   ports["rest"] if ours else None)
@@ -226,24 +227,30 @@ def median_rows(runs: list[dict[str, list[dict]]]) -> dict[str, list[dict]]:
 
 
 def server_commands(args, server_dir: Path) -> list[tuple]:
-    """(name, command, ports, privsplit metrics?) of every server to measure, with fresh ports."""
+    """(name, command, ports, privsplit metrics?, protocols) of every server to measure, with fresh ports.
+
+    One privsplit server per gRPC engine (``--grpc-engines``); REST is measured on the first only (the
+    engine does not touch REST), gRPC on each."""
     specs = []
     for workers in [int(w) for w in args.workers.split(",")]:
-        ports = {"rest": free_port(), "grpc": free_port()}
         for name, extra in [("httptools + uvloop", ["--http", "httptools", "--loop", "uvloop"]),
                             *([("h11 + asyncio", ["--http", "h11", "--loop", "asyncio"])] if args.h11 else [])]:
-            gw = ["--grpc-workers", str(args.grpc_workers)] if args.grpc_workers else []
-            specs.append((f"privsplit serve --workers {workers}{' ' + ' '.join(gw) if gw else ''} ({name})",
-                          [sys.executable, "-c", "from privsplit.cli import main; main()", "serve", str(server_dir),
-                           "--port", str(ports["rest"]), "--grpc-port", str(ports["grpc"]), "--workers", str(workers),
-                           "--log-level", "warning", "--threads", "1", "--max-delay-ms", str(args.max_delay_ms),
-                           *gw, *extra], ports, True))
+            for i, engine in enumerate(args.grpc_engines.split(",")):
+                ports = {"rest": free_port(), "grpc": free_port()}
+                flags = (["--grpc-workers", str(args.grpc_workers)] if args.grpc_workers else []) + (
+                    ["--grpc-engine", engine] if engine != "grpcio" else [])
+                specs.append((f"privsplit serve --workers {workers}{' ' + ' '.join(flags) if flags else ''} ({name})",
+                              [sys.executable, "-c", "from privsplit.cli import main; main()", "serve",
+                               str(server_dir), "--port", str(ports["rest"]), "--grpc-port", str(ports["grpc"]),
+                               "--workers", str(workers), "--log-level", "warning", "--threads", "1",
+                               "--max-delay-ms", str(args.max_delay_ms), *flags, *extra],
+                              ports, True, ("rest", "grpc") if i == 0 else ("grpc",)))
     if args.triton_python:
         ports = [free_port() for _ in range(3)]
         specs.append(("Triton (PyTriton), max-delay 2 ms",
                       [args.triton_python, "-m", "privsplit.runtime.triton", str(server_dir), "--http-port",
                        str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]),
-                       "--max-delay-us", "2000"], {"rest": ports[0], "grpc": ports[1]}, False))
+                       "--max-delay-us", "2000"], {"rest": ports[0], "grpc": ports[1]}, False, ("rest", "grpc")))
     return specs
 
 
@@ -348,13 +355,13 @@ def paired_runs(mine: dict, theirs: dict) -> str:
 
 
 def acceptance(serve_rows: dict[str, list]) -> list[str]:
-    """Issue 14's bars, privsplit (most workers measured) vs Triton over the same protocol."""
+    """Issue 14's bars, every privsplit row (each workers value and gRPC engine) vs Triton over the same protocol."""
     triton = {k.rsplit(", ", 1)[1]: v for k, v in serve_rows.items() if k.startswith("Triton")}
-    ours = {k.rsplit(", ", 1)[1]: (k, v) for k, v in serve_rows.items() if k.startswith("privsplit")}
+    ours = [(k.rsplit(", ", 1)[1], k, v) for k, v in serve_rows.items() if k.startswith("privsplit")]
     if not triton:
         return []
     out = []
-    for proto, (label, rows) in ours.items():
+    for proto, label, rows in ours:
         mine, theirs = ({r["concurrency"]: r for r in rs} for rs in (rows, triton.get(proto, [])))
         if not {16, 64} <= mine.keys() & theirs.keys():
             continue
@@ -386,6 +393,8 @@ def main() -> None:
     parser.add_argument("--levels", default="1,16,64")
     parser.add_argument("--workers", default="1,2", help="privsplit serve --workers values to measure")
     parser.add_argument("--grpc-workers", type=int, default=0, help="privsplit serve --grpc-workers (0: all workers)")
+    parser.add_argument("--grpc-engines", default="grpcio,native" if has_module("pygrpc_native") else "grpcio",
+                        help="privsplit serve --grpc-engine values to measure (one server each)")
     parser.add_argument("--load-procs", type=int, default=4, help="load-generator processes")
     parser.add_argument("--h11", action="store_true", help="also measure uvicorn with h11 + asyncio")
     parser.add_argument("--max-delay-ms", type=float, default=2.0)

@@ -42,3 +42,26 @@ def test_acceptance_says_missed():
     verdict = bench_serve.acceptance(rows)[-1]
     assert "1.10x at 16, 1.10x at 64 (**missed**)" in verdict and "90.0 vs 80.0 ms (**missed**)" in verdict
     assert "p99 at 16 60.0 ms (**missed**)" in verdict and ">= 1.2x in 0 of 1, p99 no worse in 0 of 1" in verdict
+
+
+def test_acceptance_has_a_verdict_per_grpc_engine():
+    runs = [_run(((1100, 60), (1100, 90)), ((1000, 30), (1000, 80)))]
+    runs[0]["privsplit serve --workers 2 --grpc-engine native, gRPC"] = [_row(16, 2000, 20), _row(64, 2600, 40)]
+    lines = [line for line in bench_serve.acceptance(bench_serve.median_rows(runs)) if line.startswith("* ")]
+    assert len(lines) == 2 and "**missed**" in lines[0]
+    assert lines[1].startswith("* privsplit serve --workers 2 --grpc-engine native, gRPC vs Triton gRPC: req/s 2.00x "
+                               "at 16, 2.60x at 64 (met); p99 at 64 40.0 vs 80.0 ms (met)")
+
+
+def test_one_server_per_grpc_engine_and_rest_measured_once():
+    from argparse import Namespace
+
+    args = Namespace(workers="2", h11=False, grpc_engines="grpcio,native", grpc_workers=1, max_delay_ms=2.0,
+                     triton_python=None)
+    specs = bench_serve.server_commands(args, Path("srv"))
+    assert [(name, kinds) for name, _cmd, _ports, _ours, kinds in specs] == [
+        ("privsplit serve --workers 2 --grpc-workers 1 (httptools + uvloop)", ("rest", "grpc")),
+        ("privsplit serve --workers 2 --grpc-workers 1 --grpc-engine native (httptools + uvloop)", ("grpc",))]
+    cmd = specs[1][1]
+    assert cmd[cmd.index("--grpc-engine") + 1] == "native" and "--grpc-engine" not in specs[0][1]
+    assert specs[0][2] != specs[1][2]  # each server its own ports
