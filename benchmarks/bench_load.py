@@ -9,6 +9,7 @@ replaced the killed worker. ``tests/test_workers.py`` runs a 10 s version of thi
 Run (from the repository root)::
 
     PYTHONPATH=src python3 benchmarks/bench_load.py --seconds 60     # ~2.5 min
+    PYTHONPATH=src python3 benchmarks/bench_load.py --seconds 60 --grpc-engine native --protocols grpc
 """
 from __future__ import annotations
 
@@ -71,6 +72,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--grpc-engine", default="grpcio", help="privsplit serve --grpc-engine")
+    parser.add_argument("--protocols", default="rest,grpc", help="which to load, in order")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         client_dir, server_dir = build_bundles(Path(tmp), (8,))[8]
@@ -78,7 +81,7 @@ def main() -> None:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PRIVSPLIT_API_KEYS": ""}
         proc = subprocess.Popen([sys.executable, "-c", "from privsplit.cli import main; main()", "serve",
                                  str(server_dir), "--port", str(rest), "--grpc-port", str(grpc_port), "--workers", "2",
-                                 "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL,
+                                 "--grpc-engine", args.grpc_engine, "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         try:
             while len(worker_pids(proc.pid)) < 2:
@@ -92,11 +95,14 @@ def main() -> None:
             time.sleep(5)
             bundle = load_client_bundle(client_dir)
             print(f"load average before: {os.getloadavg()}", flush=True)
-            for proto, target in (("rest", f"http://127.0.0.1:{rest}"), ("grpc", f"grpc://127.0.0.1:{grpc_port}")):
+            targets = {"rest": f"http://127.0.0.1:{rest}", "grpc": f"grpc://127.0.0.1:{grpc_port}"}
+            for proto in args.protocols.split(","):
+                target = targets[proto]
                 while len(worker_pids(proc.pid)) < 2:  # the worker killed in the previous run is replaced
                     time.sleep(0.5)
                 res = run(proto, target, bundle, proc.pid, args.clients, args.seconds)
-                print(f"{proto}: {args.clients} clients x {args.seconds:g} s, one worker killed at "
+                engine = args.grpc_engine if proto == "grpc" else "uvicorn"
+                print(f"{proto} ({engine}): {args.clients} clients x {args.seconds:g} s, one worker killed at "
                       f"{args.seconds / 3:.0f} s: {res}", flush=True)
                 time.sleep(15)  # a replaced worker loads its bundle before the next run
             print(f"load average after: {os.getloadavg()}", flush=True)

@@ -43,7 +43,8 @@ def test_dockerfile_slim_non_root_health_checked(dockerfile):
     entry = shlex.split(args["ENTRYPOINT"].strip("[]").replace(",", " "))
     assert entry[:3] == ["privsplit", "serve", "/mnt/models"]
     assert entry[entry.index("--port") + 1] == "8000" and entry[entry.index("--grpc-port") + 1] == "8001"
-    assert "torch==2.13.0" in args["RUN"] and "[serve,grpc]" in args["RUN"]  # pinned like pyproject
+    # pinned like pyproject; both gRPC engines installed (the native one is a flag away, docs/deploy.md)
+    assert "torch==2.13.0" in args["RUN"] and "[serve,grpc-native]" in args["RUN"]
 
 
 def test_dockerignore_keeps_the_build_context_small():

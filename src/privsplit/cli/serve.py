@@ -39,8 +39,8 @@ def serve(
                                                                "(needs the grpc extra)."),
     workers: int = typer.Option(0, min=0, help="Server processes sharing the ports (SO_REUSEPORT), each with "
                                                "its own batcher and one torch thread; 0 = number of cores."),
-    grpc_workers: int = typer.Option(0, min=0, help="How many of the workers also serve gRPC (0 = all). gRPC's "
-                                                    "C core uses threads of its own, so on small machines fewer "
+    grpc_workers: int = typer.Option(0, min=0, help="How many of the workers also serve gRPC (0 = all). Both gRPC "
+                                                    "engines run threads of their own, so on small machines fewer "
                                                     "gRPC workers cut the tail (docs/runtime.md)."),
     grpc_engine: str = typer.Option("grpcio", help="gRPC engine: grpcio | native (pygrpc-native: HTTP/2 in Rust "
                                     "outside the GIL, the grpc-native extra; no TLS; docs/runtime.md)."),

@@ -7,7 +7,8 @@
   :class:`AnalyzerService` every front end calls), :mod:`~privsplit.runtime.auth` (API keys) and
   :mod:`~privsplit.runtime.routes` (REST routes).
 * :mod:`~privsplit.runtime.grpc_server` / :mod:`~privsplit.runtime.grpc_client`: OIP v2 over gRPC
-  (the ``grpc`` extra); :mod:`~privsplit.runtime.workers`: several server processes on one port.
+  (the ``grpc`` extra); :mod:`~privsplit.runtime.grpc_native`: the same on a native HTTP/2 engine (the
+  ``grpc-native`` extra); :mod:`~privsplit.runtime.workers`: several server processes on one port.
 * :mod:`~privsplit.runtime.batching`, :mod:`~privsplit.runtime.metrics`: micro-batching, Prometheus.
 
 Names are imported lazily, so a device that only uses the client never imports the web framework.
@@ -22,7 +23,7 @@ _EXPORTS = {
     "load_images": "client", "wait_ready": "client",
     "create_app": "server", "serve": "server", "ServerThread": "server",
     "AnalyzerService": "service", "ServiceError": "service", "load_api_keys": "auth", "KeyCheck": "auth",
-    "GrpcServer": "grpc_server", "serve_workers": "workers",
+    "GrpcServer": "grpc_server", "NativeGrpcServer": "grpc_native", "serve_workers": "workers",
     "MicroBatcher": "batching", "BatcherClosed": "batching",
     "ServiceMetrics": "metrics", "parse_prometheus": "metrics",
 }

@@ -11,10 +11,12 @@ retries on the next connection (another worker). ``/metrics`` sums all workers (
 :mod:`privsplit.runtime.metrics`).
 
 gRPC may listen on fewer workers than REST (``grpc_workers``): a gRPC process is not bound by its GIL
-the way a REST one is -- gRPC's C core moves bytes, frames HTTP/2 and polls on threads of its own -- so
-one gRPC process keeps about two cores busy. On the 2-core benchmark machine, gRPC on both workers
-oversubscribed the cores and doubled the p99 at concurrency 64 (134-188 ms) against one gRPC worker
-(73-103 ms) at the same throughput (docs/runtime.md). The default stays "every worker", which keeps
+the way a REST one is -- either engine (grpcio's C core, or the native engine's Rust threads) moves
+bytes, frames HTTP/2 and polls on threads of its own -- so one gRPC process keeps more than a core
+busy. On the 2-core benchmark machine, grpcio on both workers oversubscribed the cores and doubled the
+p99 at concurrency 64 (134-188 ms) against one gRPC worker (73-103 ms) at the same throughput; the
+native engine on both served 2,514-3,042 req/s at p99 44-58 ms against 2,412-2,800 and 37-43 ms on one
+(docs/runtime.md). The default stays "every worker", which keeps
 gRPC up when a worker dies; with one gRPC worker, gRPC is refused until that worker is replaced.
 """
 from __future__ import annotations
