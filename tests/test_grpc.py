@@ -1,6 +1,8 @@
 """OIP v2 over gRPC: tritonclient.grpc interop, Client(protocol="grpc"), status codes, shared state."""
 from __future__ import annotations
 
+import importlib.util
+import sys
 import threading
 import time
 
@@ -205,3 +207,18 @@ def test_native_stop_drains_calls_in_flight_and_refuses_new_ones(slow_native, pa
     stopper.join(10)
     assert answers[0][0] == grpc.StatusCode.OK and len(pb.ModelInferResponse.FromString(answers[0][2]).outputs) == 2
     assert late[0] == grpc.StatusCode.UNAVAILABLE and "shutting down" in late[1]
+
+
+def test_engine_registry_errors_say_what_to_do(monkeypatch):
+    from privsplit.runtime.grpc_native import NativeGrpcServer
+    from privsplit.runtime.grpc_server import GrpcServer, grpc_server_class
+
+    assert grpc_server_class("grpcio") is GrpcServer
+    with pytest.raises(ValueError, match="unknown gRPC engine 'tonic'; choose one of grpcio, native"):
+        grpc_server_class("tonic")
+    monkeypatch.setitem(sys.modules, "pygrpc_native", None)  # as if the extra were not installed
+    with pytest.raises(ValueError, match=r"needs the grpc-native extra .*pip install 'privsplit\[grpc-native\]'"):
+        grpc_server_class("native")
+    monkeypatch.undo()
+    if importlib.util.find_spec("pygrpc_native") is not None:
+        assert grpc_server_class("native") is NativeGrpcServer
