@@ -1,5 +1,6 @@
-"""The serving benchmark's verdict logic (benchmarks/bench_serve.py): medians over interleaved runs,
-issue 14's bars, and the per-run pairs that show how reliable a median's verdict is."""
+"""The serving benchmark's verdict logic (benchmarks/serve_report.py): medians over interleaved runs,
+issue 14's bars, and the per-run pairs that show how reliable a median's verdict is; and which servers
+benchmarks/bench_serve.py starts."""
 from __future__ import annotations
 
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import bench_serve  # noqa: E402
+import serve_report  # noqa: E402
 
 
 def _row(c: int, rps: float, p99: float) -> dict:
@@ -25,11 +27,11 @@ def test_acceptance_uses_medians_and_lists_each_interleaved_pair():
     runs = [_run(((1500, 20), (1300, 90)), ((1000, 30), (1000, 80))),   # 1.30x at 64, p99 worse
             _run(((1600, 25), (1100, 70)), ((1000, 35), (1000, 100))),  # 1.10x, p99 better
             _run(((1400, 60), (1500, 60)), ((1000, 40), (1200, 75)))]   # 1.25x, p99 better
-    rows = bench_serve.median_rows(runs)
+    rows = serve_report.median_rows(runs)
     mine = rows["privsplit serve --workers 2, gRPC"][1]
     assert mine["rps"] == 1300 and mine["p99_ms"] == 70 and mine["rps_runs"] == [1300, 1100, 1500]
     assert mine["load_min"] == 1.0 and mine["load_max"] == 2.0
-    lines = bench_serve.acceptance(rows)
+    lines = serve_report.acceptance(rows)
     verdict = next(line for line in lines if line.startswith("* privsplit"))
     # medians: 1500/1000 at 16, 1300/1000 at 64 -> met; p99 at 64 70 vs 80 -> met; p99 at 16 25 ms -> met
     assert "req/s 1.50x at 16, 1.30x at 64 (met)" in verdict and "70.0 vs 80.0 ms (met)" in verdict
@@ -38,8 +40,8 @@ def test_acceptance_uses_medians_and_lists_each_interleaved_pair():
 
 
 def test_acceptance_says_missed():
-    rows = bench_serve.median_rows([_run(((1100, 60), (1100, 90)), ((1000, 30), (1000, 80)))])
-    verdict = bench_serve.acceptance(rows)[-1]
+    rows = serve_report.median_rows([_run(((1100, 60), (1100, 90)), ((1000, 30), (1000, 80)))])
+    verdict = serve_report.acceptance(rows)[-1]
     assert "1.10x at 16, 1.10x at 64 (**missed**)" in verdict and "90.0 vs 80.0 ms (**missed**)" in verdict
     assert "p99 at 16 60.0 ms (**missed**)" in verdict and ">= 1.2x in 0 of 1, p99 no worse in 0 of 1" in verdict
 
@@ -47,7 +49,7 @@ def test_acceptance_says_missed():
 def test_acceptance_has_a_verdict_per_grpc_engine():
     runs = [_run(((1100, 60), (1100, 90)), ((1000, 30), (1000, 80)))]
     runs[0]["privsplit serve --workers 2 --grpc-engine native, gRPC"] = [_row(16, 2000, 20), _row(64, 2600, 40)]
-    lines = [line for line in bench_serve.acceptance(bench_serve.median_rows(runs)) if line.startswith("* ")]
+    lines = [line for line in serve_report.acceptance(serve_report.median_rows(runs)) if line.startswith("* ")]
     assert len(lines) == 2 and "**missed**" in lines[0]
     assert lines[1].startswith("* privsplit serve --workers 2 --grpc-engine native, gRPC vs Triton gRPC: req/s 2.00x "
                                "at 16, 2.60x at 64 (met); p99 at 64 40.0 vs 80.0 ms (met)")

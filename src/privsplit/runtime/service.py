@@ -286,7 +286,8 @@ class AnalyzerService:
             try:
                 out = self._finish(req, key, fut.result(), encode)
             except Exception as err:  # noqa: BLE001 - an encoding bug is a generic 500, as on the event loops
-                done(None, self._failure(err, x.shape[0]))
+                log.error("answering a request of %d row(s) failed", x.shape[0], exc_info=err)
+                done(None, ServiceError(500, INTERNAL_ERROR))
                 return
             done(out, None)
 
