@@ -81,8 +81,8 @@ def main() -> None:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PRIVSPLIT_API_KEYS": ""}
         proc = subprocess.Popen([sys.executable, "-c", "from privsplit.cli import main; main()", "serve",
                                  str(server_dir), "--port", str(rest), "--grpc-port", str(grpc_port), "--workers", "2",
-                                 "--grpc-engine", args.grpc_engine, "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+                                 "--grpc-engine", args.grpc_engine, "--log-level", "warning"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             while len(worker_pids(proc.pid)) < 2:
                 time.sleep(0.5)

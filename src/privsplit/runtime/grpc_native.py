@@ -151,7 +151,8 @@ class NativeGrpcServer:
                 try:
                     request = kind.FromString(payload)
                 except Exception:  # noqa: BLE001 - protobuf's DecodeError and friends
-                    raise ServiceError(400, f"the message is not a valid {kind.DESCRIPTOR.full_name} protobuf") from None
+                    raise ServiceError(400, f"the message is not a valid {kind.DESCRIPTOR.full_name} "
+                                            "protobuf") from None
                 done(self.calls.answer(name, request).SerializeToString(), None)
                 return
             req, key = self.calls.parse_infer(payload)

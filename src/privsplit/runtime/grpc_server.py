@@ -236,7 +236,8 @@ GRPC_ENGINES = {"grpcio": ("privsplit.runtime.grpc_server", "GrpcServer", "grpc"
 
 
 def grpc_server_class(engine: str) -> type:
-    """The gRPC server class of ``engine`` (see :data:`GRPC_ENGINES`); a clear error when unknown or not installed."""
+    """The gRPC server class of ``engine`` (see :data:`GRPC_ENGINES`); a clear error when it is unknown or
+    its extra is not installed."""
     import importlib
 
     if engine not in GRPC_ENGINES:

@@ -112,8 +112,8 @@ def serve(bundle: ServerBundle | str | Path, *, host: str = "127.0.0.1", port: i
     ``workers > 1`` hands over to :func:`privsplit.runtime.workers.serve_workers` (N processes on
     the same ports; gRPC on the first ``grpc_workers`` of them, default all). ``grpc_engine`` is a name of
     :data:`~privsplit.runtime.grpc_server.GRPC_ENGINES` (``native`` takes grpcio's Python layer out of
-    each call; see :mod:`privsplit.runtime.grpc_native`). ``http``/``loop`` are uvicorn's: ``auto`` takes httptools and uvloop when
-    installed (faster), else h11 and asyncio. ``metrics_dir`` and ``reuse_port`` are set by the
+    each call; see :mod:`privsplit.runtime.grpc_native`). ``http``/``loop`` are uvicorn's: ``auto`` takes
+    httptools and uvloop when installed (faster), else h11 and asyncio. ``metrics_dir`` and ``reuse_port`` are set by the
     worker supervisor. ``configure(app)`` runs on each process's app before it serves (e.g. the
     browser page's :func:`privsplit.runtime.ui.mount_ui`); with workers it must pickle (a
     ``functools.partial`` of a module-level function does).
@@ -123,10 +123,11 @@ def serve(bundle: ServerBundle | str | Path, *, host: str = "127.0.0.1", port: i
     if (ssl_keyfile is None) != (ssl_certfile is None):
         raise ValueError("TLS needs both --ssl-keyfile and --ssl-certfile")
     keys = load_api_keys() if api_keys is None else list(api_keys)
+    grpc_class = None
     if grpc_port is not None:
         from privsplit.runtime.grpc_server import grpc_server_class
 
-        grpc_server_class(grpc_engine)  # an unknown or missing engine fails here, before any worker starts
+        grpc_class = grpc_server_class(grpc_engine)  # unknown or not installed: fails before any worker starts
     options = dict(host=host, port=port, api_keys=keys, max_batch=max_batch, max_delay_ms=max_delay_ms,
                    max_body_bytes=max_body_bytes, ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile,
                    log_level=log_level, access_log=access_log, torch_threads=torch_threads, http=http, loop=loop,
@@ -144,11 +145,9 @@ def serve(bundle: ServerBundle | str | Path, *, host: str = "127.0.0.1", port: i
     if configure is not None:
         configure(app)
     grpc_server = None
-    if grpc_port is not None:
-        from privsplit.runtime.grpc_server import grpc_server_class
-
-        grpc_server = grpc_server_class(grpc_engine)(service, api_keys=keys, host=host, port=grpc_port,
-                                                     max_message_bytes=max_body_bytes).start()
+    if grpc_class is not None:
+        grpc_server = grpc_class(service, api_keys=keys, host=host, port=grpc_port,
+                                 max_message_bytes=max_body_bytes).start()
     config = uvicorn.Config(app, ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile, log_level=log_level,
                             access_log=access_log, timeout_graceful_shutdown=10, http=http, loop=loop)
     freeze_startup_objects()
